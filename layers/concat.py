@@ -1,0 +1,37 @@
+"""Depth concatenation: the Inception module's four branches joined along channels."""
+from __future__ import annotations
+
+from engine.backend import get_array_module
+from engine.tensor import Function, Tensor
+
+
+class ConcatFunction(Function):
+    """xs[i] (N, C_i, H, W) -> (N, sum C_i, H, W); backward splits gy back by C_i."""
+
+    def __init__(self, axis: int = 1):
+        self.axis = axis
+
+    def forward(self, *xs):
+        if not xs:
+            raise ValueError("concat: needs at least one input")
+        ref = xs[0].shape
+        for i, x in enumerate(xs):
+            if x.ndim != len(ref) or any(a != b for d, (a, b) in enumerate(zip(x.shape, ref))
+                                         if d != self.axis % len(ref)):
+                raise ValueError(f"concat: input {i} has shape {tuple(x.shape)}, which does not "
+                                 f"match {tuple(ref)} outside axis {self.axis}")
+        self.sizes = [x.shape[self.axis] for x in xs]
+        return get_array_module(*xs).concatenate(xs, axis=self.axis)
+
+    def backward(self, gy):
+        index = [slice(None)] * gy.ndim
+        grads, start = [], 0
+        for size in self.sizes:
+            index[self.axis] = slice(start, start + size)
+            grads.append(gy[tuple(index)])
+            start += size
+        return tuple(grads)
+
+
+def concat(xs, axis: int = 1) -> Tensor:
+    return ConcatFunction(axis)(*xs)

@@ -1,0 +1,149 @@
+"""2-D convolution: im2col + GEMM, with a plain GEMM for 1x1 kernels.
+
+Shapes: x (N, C, H, W), w (O, C, kh, kw), b (O,), y (N, O, OH, OW) with
+``OH = (H + 2 pad - kh) // stride + 1``.
+
+    y[n, o, p] = b[o] + sum_{c,i,j} w[o, c, i, j] * xpad[n, c, p_h*s + i, p_w*s + j]
+
+With ``col = im2col(x)`` (C*kh*kw, N*OH*OW) and ``W = w.reshape(O, -1)``:
+
+    forward          Y  = W @ col                      (O, N*OH*OW)
+    backward weight  gW = gY @ col.T
+    backward input   gx = col2im(W.T @ gY)
+    backward bias    gb = gY summed over N*OH*OW
+
+A 1x1 stride-1 unpadded convolution needs no im2col: ``x[n]`` viewed as
+(C, H*W) already is ``col`` for image n (39 of GoogLeNet's 59 convolutions).
+
+On CuPy arrays, the stride-1 "same" 1x1/3x3/5x5 float32 convolutions go to the
+custom CUDA kernels of ``kernels.conv_cuda`` when it supports the shape; the
+environment variable ``GOOGLENET_CONV_IMPL`` (or the ``impl`` argument) forces
+"custom" or "im2col", and "auto" is the default.
+"""
+from __future__ import annotations
+
+import os
+
+from engine.backend import get_array_module, is_cupy_array
+from engine.tensor import Function, Tensor
+
+from ._check import check_float, check_rank
+from .im2col import col2im, conv_out_size, im2col
+
+IMPLS = ("auto", "custom", "im2col")
+
+
+def _select_impl(impl, x, w, stride, pad) -> str:
+    """'custom' when the CUDA kernels should run this convolution, else 'im2col'."""
+    impl = impl or os.environ.get("GOOGLENET_CONV_IMPL", "auto")
+    if impl not in IMPLS:
+        raise ValueError(f"conv2d: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "im2col" or not is_cupy_array(x):
+        return "im2col"
+    from kernels import conv_cuda
+    ok = x.dtype == "float32" and conv_cuda.supports(x.shape, w.shape, stride, pad)
+    if impl == "custom" and not ok:
+        raise ValueError(f"conv2d: the custom CUDA kernels do not support x {tuple(x.shape)}, "
+                         f"w {tuple(w.shape)}, stride {stride}, pad {pad}, dtype {x.dtype}")
+    return "custom" if ok else "im2col"
+
+
+class Conv2dFunction(Function):
+    """Convolution with optional bias and fused ReLU (``relu=True`` applies max(0, .))."""
+
+    def __init__(self, stride: int = 1, pad: int = 0, relu: bool = False, impl: str | None = None):
+        self.stride, self.pad, self.relu, self.impl = int(stride), int(pad), relu, impl
+
+    def _validate(self, x, w, b):
+        op = "conv2d"
+        check_rank(op, "x", x, 4, "N, C, H, W")
+        check_rank(op, "w", w, 4, "out, in, kh, kw")
+        arrays = {"x": x, "w": w} if b is None else {"x": x, "w": w, "b": b}
+        check_float(op, **arrays)
+        if x.shape[1] != w.shape[1]:
+            raise ValueError(f"conv2d: x has {x.shape[1]} channels but w expects {w.shape[1]} "
+                             f"(x {tuple(x.shape)}, w {tuple(w.shape)})")
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            raise ValueError(f"conv2d: b must have shape ({w.shape[0]},), got {tuple(b.shape)}")
+        if self.stride < 1 or self.pad < 0:
+            raise ValueError(f"conv2d: stride must be >= 1 and pad >= 0, got {self.stride}, {self.pad}")
+        h, wd = x.shape[2] + 2 * self.pad, x.shape[3] + 2 * self.pad
+        if w.shape[2] > h or w.shape[3] > wd:
+            raise ValueError(f"conv2d: kernel {w.shape[2]}x{w.shape[3]} is larger than the padded "
+                             f"input {h}x{wd} (x {tuple(x.shape)}, pad {self.pad})")
+
+    def forward(self, x, w, b=None):
+        self._validate(x, w, b)
+        xp = get_array_module(x)
+        self.impl = _select_impl(self.impl, x, w, self.stride, self.pad)
+        self.x, self.w, self.has_bias = x, w, b is not None
+        if self.impl == "custom":
+            from kernels import conv_cuda
+            y = conv_cuda.conv_forward(x, w, b, relu=self.relu)
+        else:
+            y = self._forward_gemm(xp, x, w, b)
+        if self.relu:
+            self.y = y  # the ReLU mask is y > 0; y is the next layer's input anyway
+        return y
+
+    def _forward_gemm(self, xp, x, w, b):
+        n, c, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        w2 = w.reshape(o, -1)
+        if self.is_pointwise(w):
+            y = xp.matmul(w2, x.reshape(n, c, h * wd)).reshape(n, o, h, wd)
+        else:
+            oh = conv_out_size(h, kh, self.stride, self.pad)
+            ow = conv_out_size(wd, kw, self.stride, self.pad)
+            col = im2col(x, kh, kw, self.stride, self.pad)
+            y = (w2 @ col).reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
+            y = xp.ascontiguousarray(y)
+        if b is not None:
+            y += b.reshape(1, o, 1, 1)
+        if self.relu:
+            xp.maximum(y, 0, out=y)
+        return y
+
+    def is_pointwise(self, w) -> bool:
+        return w.shape[2] == w.shape[3] == 1 and self.stride == 1 and self.pad == 0
+
+    def backward(self, gy):
+        x, w = self.x, self.w
+        xp = get_array_module(gy)
+        if self.relu:
+            gy = gy * (self.y > 0)
+        need_x, need_w = self.needs_grad[0], self.needs_grad[1]
+        gb = gy.sum(axis=(0, 2, 3)) if self.has_bias and self.needs_grad[2] else None
+        if self.impl == "custom":
+            from kernels import conv_cuda
+            gx = conv_cuda.conv_backward_data(gy, w) if need_x else None
+            gw = conv_cuda.conv_backward_weight(x, gy, w.shape[2]) if need_w else None
+        else:
+            gx, gw = self._backward_gemm(xp, gy, x, w, need_x, need_w)
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+    def _backward_gemm(self, xp, gy, x, w, need_x, need_w):
+        n, c, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        w2 = w.reshape(o, -1)
+        gx = gw = None
+        if self.is_pointwise(w):
+            gy3 = gy.reshape(n, o, h * wd)
+            if need_w:
+                gw = xp.tensordot(gy3, x.reshape(n, c, h * wd), axes=((0, 2), (0, 2)))
+            if need_x:
+                gx = xp.matmul(w2.T, gy3).reshape(x.shape)
+        else:
+            gy2 = gy.transpose(1, 0, 2, 3).reshape(o, -1)  # (O, N*OH*OW)
+            if need_w:
+                gw = gy2 @ im2col(x, kh, kw, self.stride, self.pad).T
+            if need_x:
+                gx = col2im(w2.T @ gy2, x.shape, kh, kw, self.stride, self.pad)
+        return gx, (gw.reshape(w.shape) if gw is not None else None)
+
+
+def conv2d(x, w, b=None, stride: int = 1, pad: int = 0, relu: bool = False,
+           impl: str | None = None) -> Tensor:
+    """Convolve ``x`` (N, C, H, W) with ``w`` (O, C, kh, kw), add ``b`` (O,), optionally ReLU."""
+    f = Conv2dFunction(stride, pad, relu, impl)
+    return f(x, w) if b is None else f(x, w, b)
