@@ -11,6 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import backend
+from . import profile as _profile
 from .tensor import Tensor
 
 
@@ -49,7 +50,14 @@ class Module:
         object.__setattr__(self, name, value)
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        prof = _profile.active()
+        if prof is None:
+            return self.forward(*args, **kwargs)
+        prof.enter_module(self)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            prof.exit_module()
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError

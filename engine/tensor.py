@@ -22,6 +22,7 @@ import itertools
 import numpy as np
 
 from . import backend
+from . import profile as _profile
 
 # ------------------------------------------------------------------- grad mode
 _grad_enabled = True
@@ -221,7 +222,16 @@ class Function:
         tensors = [as_tensor(x) for x in inputs]
         record = _grad_enabled and any(t.requires_grad for t in tensors)
         self.needs_grad = tuple(t.requires_grad for t in tensors) if record else (False,) * len(tensors)
-        ys = self.forward(*[t.data for t in tensors])
+        arrays = [t.data for t in tensors]
+        prof = _profile.active()
+        if prof is None:
+            ys = self.forward(*arrays)
+        else:
+            ys, seconds = prof.time_call(lambda: self.forward(*arrays), arrays[0])
+            outs = ys if isinstance(ys, tuple) else (ys,)
+            prof.record(prof.scope, type(self).__name__, "forward", seconds, outs,
+                        self.macs(arrays, outs))
+            self._scope = prof.scope
         single = not isinstance(ys, tuple)
         outputs = [Tensor(y) for y in ((ys,) if single else ys)]
         if record:
@@ -242,9 +252,16 @@ class Function:
     def backward(self, *gys):
         raise NotImplementedError
 
+    def macs(self, xs, ys) -> int:
+        """Multiply-adds of one forward call (for profiles and summaries); 0 if negligible."""
+        return 0
+
     def release(self) -> None:
-        """Drop references kept for backward (called once backward has run)."""
+        """Drop what was kept for backward (called once backward has run); keep the
+        ordering keys so a second backward can say the graph is gone."""
+        order = {k: self.__dict__[k] for k in ("generation", "_order") if k in self.__dict__}
         self.__dict__.clear()
+        self.__dict__.update(order)
 
     def __repr__(self):
         return f"<{type(self).__name__}>"
@@ -301,7 +318,13 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
             xp = backend.get_array_module(next(g for g in gys if g is not None))
             gys = [g if g is not None else xp.zeros(shape, dtype=dtype)
                    for g, (shape, dtype) in zip(gys, f.output_specs)]
-        gxs = f.backward(*gys)
+        prof = _profile.active()
+        if prof is None:
+            gxs = f.backward(*gys)
+        else:
+            gxs, seconds = prof.time_call(lambda: f.backward(*gys), gys[0])
+            outs = gxs if isinstance(gxs, tuple) else (gxs,)
+            prof.record(getattr(f, "_scope", ""), type(f).__name__, "backward", seconds, outs, 0)
         if not isinstance(gxs, tuple):
             gxs = (gxs,)
         if len(gxs) != len(f.inputs):

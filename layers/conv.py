@@ -104,6 +104,10 @@ class Conv2dFunction(Function):
             xp.maximum(y, 0, out=y)
         return y
 
+    def macs(self, xs, ys) -> int:
+        o, c, kh, kw = xs[1].shape
+        return ys[0].size * c * kh * kw
+
     def is_pointwise(self, w) -> bool:
         return w.shape[2] == w.shape[3] == 1 and self.stride == 1 and self.pad == 0
 

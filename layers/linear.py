@@ -22,6 +22,9 @@ class LinearFunction(Function):
             y += b
         return y
 
+    def macs(self, xs, ys) -> int:
+        return ys[0].size * xs[1].shape[1]
+
     def backward(self, gy):
         gx = gy @ self.w if self.needs_grad[0] else None
         gw = gy.T @ self.x if self.needs_grad[1] else None

@@ -1,0 +1,182 @@
+"""GoogLeNet (Inception v1), built from the project's layers.
+
+The layer table, the Inception module, the auxiliary heads and Caffe's
+initialisation follow ``shared/googlenet.md`` (Szegedy et al. 2015, Table 1,
+and Caffe's ``bvlc_googlenet``). Parameter names are the contract's:
+``conv1.weight``, ``inception_3a.conv_3x3_reduce.bias``, ``aux1.fc.weight``...
+
+Supported inputs: square images, side >= 64, NCHW. At 224x224 every layer is
+exactly the paper's. Two pools have windows fixed for 224 in Caffe, and adapt
+at other sizes so that the parameter shapes never change:
+
+* pool5 averages over the whole final map (7x7/1 at 224);
+* the auxiliary heads' pool uses stride ``s = side // 4`` and window
+  ``side - 3 s`` over inception_4a/4d's maps, giving 4x4 outputs
+  (5x5/3 on 14x14 at 224, as in Caffe).
+
+Run ``python -m models.googlenet --help`` for the command line.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import layers as L
+from engine import Module
+from engine.backend import manual_seed
+from layers import caffe
+
+MIN_INPUT = 64
+
+# name: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj), the paper's Table 1
+INCEPTION = {
+    "inception_3a": (64, 96, 128, 16, 32, 32),
+    "inception_3b": (128, 128, 192, 32, 96, 64),
+    "inception_4a": (192, 96, 208, 16, 48, 64),
+    "inception_4b": (160, 112, 224, 24, 64, 64),
+    "inception_4c": (128, 128, 256, 24, 64, 64),
+    "inception_4d": (112, 144, 288, 32, 64, 64),
+    "inception_4e": (256, 160, 320, 32, 128, 128),
+    "inception_5a": (256, 160, 320, 32, 128, 128),
+    "inception_5b": (384, 192, 384, 48, 128, 128),
+}
+AUX_AFTER = {"inception_4a": "aux1", "inception_4d": "aux2"}
+
+
+def conv_relu(cin, cout, k, stride=1, pad=0, dtype="float32") -> L.Conv2d:
+    """A convolution + ReLU with Caffe's GoogLeNet settings: xavier weights,
+    bias 0.2 trained at 2x the learning rate with no weight decay."""
+    return L.Conv2d(cin, cout, k, stride, pad, relu=True, bias_fill=caffe.BIAS_FILL,
+                    bias_lr_mult=caffe.BIAS_LR_MULT, bias_decay_mult=caffe.BIAS_DECAY_MULT,
+                    dtype=dtype)
+
+
+def fully_connected(fin, fout, bias_fill, dtype) -> L.Linear:
+    return L.Linear(fin, fout, bias_fill=bias_fill, bias_lr_mult=caffe.BIAS_LR_MULT,
+                    bias_decay_mult=caffe.BIAS_DECAY_MULT, dtype=dtype)
+
+
+class Inception(Module):
+    """Four branches on one input, concatenated along channels in this order:
+    1x1; 1x1 reduce -> 3x3; 1x1 reduce -> 5x5; 3x3/1 max pool -> 1x1 projection."""
+
+    def __init__(self, cin, c1, c3r, c3, c5r, c5, pp, dtype="float32"):
+        super().__init__()
+        self.conv_1x1 = conv_relu(cin, c1, 1, dtype=dtype)
+        self.conv_3x3_reduce = conv_relu(cin, c3r, 1, dtype=dtype)
+        self.conv_3x3 = conv_relu(c3r, c3, 3, pad=1, dtype=dtype)
+        self.conv_5x5_reduce = conv_relu(cin, c5r, 1, dtype=dtype)
+        self.conv_5x5 = conv_relu(c5r, c5, 5, pad=2, dtype=dtype)
+        self.pool = L.MaxPool2d(3, 1, 1)
+        self.pool_proj = conv_relu(cin, pp, 1, dtype=dtype)
+        self.out_channels = c1 + c3 + c5 + pp
+
+    def forward(self, x):
+        return L.concat([
+            self.conv_1x1(x),
+            self.conv_3x3(self.conv_3x3_reduce(x)),
+            self.conv_5x5(self.conv_5x5_reduce(x)),
+            self.pool_proj(self.pool(x)),
+        ])
+
+
+class AuxHead(Module):
+    """Auxiliary classifier (training only): avg pool to 4x4, 1x1 conv 128 + ReLU,
+    linear 2048 -> 1024 + ReLU, dropout 70%, linear 1024 -> classes."""
+
+    def __init__(self, cin, num_classes, dropout=0.7, dtype="float32"):
+        super().__init__()
+        self.conv = conv_relu(cin, 128, 1, dtype=dtype)
+        self.fc = fully_connected(128 * 4 * 4, 1024, caffe.BIAS_FILL, dtype)
+        self.drop = L.Dropout(dropout)
+        self.classifier = fully_connected(1024, num_classes, caffe.CLASSIFIER_BIAS_FILL, dtype)
+
+    def forward(self, x):
+        side = x.shape[2]
+        stride = side // 4
+        x = L.avg_pool2d(x, side - 3 * stride, stride)     # (N, C, 4, 4)
+        x = self.conv(x).flatten()                          # (N, 2048), C-major
+        x = self.drop(L.relu(self.fc(x)))
+        return self.classifier(x)
+
+
+class GlobalAvgPool(Module):
+    """pool5: average over the whole map (the paper's 7x7/1 at 224x224)."""
+
+    def forward(self, x):
+        return L.avg_pool2d(x, x.shape[2], 1)
+
+
+class GoogLeNet(Module):
+    """``GoogLeNet(num_classes=1000, aux_logits=True, dropout=0.4, aux_dropout=0.7,
+    dtype="float32", seed=None)``.
+
+    ``forward(x)`` with x (N, 3, S, S): in ``train()`` mode with aux heads it
+    returns ``(logits, aux1, aux2)``, each (N, num_classes); otherwise the logits.
+    """
+
+    def __init__(self, num_classes: int = 1000, aux_logits: bool = True, dropout: float = 0.4,
+                 aux_dropout: float = 0.7, dtype="float32", seed: int | None = None):
+        super().__init__()
+        if seed is not None:
+            manual_seed(seed)
+        self.num_classes, self.aux_logits, self.dtype = num_classes, aux_logits, np.dtype(dtype)
+        self.conv1 = conv_relu(3, 64, 7, stride=2, pad=3, dtype=dtype)
+        self.pool1 = L.MaxPool2d(3, 2)
+        self.norm1 = L.LRN()
+        self.conv2_reduce = conv_relu(64, 64, 1, dtype=dtype)
+        self.conv2 = conv_relu(64, 192, 3, pad=1, dtype=dtype)
+        self.norm2 = L.LRN()
+        self.pool2 = L.MaxPool2d(3, 2)
+        cin = 192
+        for name, widths in INCEPTION.items():
+            if name in ("inception_4a", "inception_5a"):
+                setattr(self, "pool3" if name == "inception_4a" else "pool4", L.MaxPool2d(3, 2))
+            block = Inception(cin, *widths, dtype=dtype)
+            setattr(self, name, block)
+            cin = block.out_channels
+            if name in AUX_AFTER and aux_logits:
+                setattr(self, AUX_AFTER[name], AuxHead(cin, num_classes, aux_dropout, dtype))
+        self.pool5 = GlobalAvgPool()
+        self.drop = L.Dropout(dropout)
+        self.classifier = fully_connected(1024, num_classes, caffe.CLASSIFIER_BIAS_FILL, dtype)
+
+    def main_path(self):
+        """The main path's (name, module) pairs in order (the aux heads branch off it)."""
+        return [(n, m) for n, m in self._modules.items() if not n.startswith("aux")]
+
+    def forward(self, x):
+        side = x.shape[-1]
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != side or side < MIN_INPUT:
+            raise ValueError(f"GoogLeNet: expected input (N, 3, S, S) with S >= {MIN_INPUT}, "
+                             f"got {tuple(x.shape)}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"GoogLeNet: input dtype {x.dtype} != model dtype {self.dtype}")
+        aux = []
+        for name, layer in self.main_path():
+            if name == "classifier":
+                x = x.flatten()
+            x = layer(x)
+            if self.training and self.aux_logits and name in AUX_AFTER:
+                aux.append(getattr(self, AUX_AFTER[name])(x))
+        return (x, *aux) if aux else x
+
+    def param_groups(self):
+        """SGD groups; the Caffe multipliers ride on each Parameter (biases: lr x2, no decay)."""
+        return [{"params": self.parameters()}]
+
+
+def training_loss(outputs, labels, aux_weight: float = caffe.AUX_LOSS_WEIGHT):
+    """Main loss + aux_weight * (aux1 + aux2); returns (total, main) tensors."""
+    if not isinstance(outputs, tuple):
+        main = L.softmax_cross_entropy(outputs, labels)
+        return main, main
+    main = L.softmax_cross_entropy(outputs[0], labels)
+    total = main
+    for aux in outputs[1:]:
+        total = total + aux_weight * L.softmax_cross_entropy(aux, labels)
+    return total, main
+
+
+if __name__ == "__main__":
+    from models.cli import main
+    raise SystemExit(main())
