@@ -153,8 +153,8 @@ class GoogLeNet(Module):
             raise TypeError(f"GoogLeNet: input dtype {x.dtype} != model dtype {self.dtype}")
         aux = []
         for name, layer in self.main_path():
-            if name == "classifier":
-                x = x.flatten()
+            if name == "drop":
+                x = x.flatten()                 # (N, 1024, 1, 1) -> (N, 1024), C-major
             x = layer(x)
             if self.training and self.aux_logits and name in AUX_AFTER:
                 aux.append(getattr(self, AUX_AFTER[name])(x))

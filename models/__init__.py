@@ -1,0 +1,1 @@
+"""GoogLeNet model, data pipeline and training command line."""

@@ -1,0 +1,238 @@
+"""Checkpoints: one ``.npz`` file of named arrays plus JSON metadata, written atomically.
+
+The file is a plain NumPy ``.npz`` (a zip of ``.npy`` files), so it can be inspected with
+``np.load`` alone.  It never holds pickled objects and is always read with
+``allow_pickle=False``: loading a checkpoint cannot run code.
+
+Layout inside the zip:
+  * one entry per array, keyed by the caller's names.  Callers namespace them with a slash,
+    e.g. ``model/conv1.weight``, ``ema/conv1.weight``, ``optim/momentum/conv1.weight``
+    (``pack_namespaces`` / ``unpack_namespaces`` convert to and from nested dicts);
+  * ``__meta__``: a uint8 array holding UTF-8 JSON:
+    ``{"format": "googlenet-numpy-checkpoint", "version": 1, "keys": [...], "meta": {...}}``.
+    ``keys`` lists every array so a file missing one is detected; ``meta`` is the caller's
+    dict (epoch, step, learning rate, RNG states, metrics...).
+
+Writing goes to a temporary file in the target's directory, is flushed and fsync'ed, then
+renamed over the target with ``os.replace``: a crash at any point leaves either the old
+checkpoint or the new one, never a half-written file under the target name.
+
+RNG states: ``pack_rng_state`` / ``unpack_rng_state`` turn a ``np.random.Generator`` into a
+JSON-able dict and back (the PCG64 state is a pair of 128-bit integers, which JSON keeps exactly
+since Python's json module writes integers of any size); ``pack_python_random_state`` does the
+same for the ``random`` module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+
+import numpy as np
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "save_checkpoint",
+           "load_checkpoint", "pack_namespaces", "unpack_namespaces", "pack_rng_state",
+           "unpack_rng_state", "pack_python_random_state", "unpack_python_random_state"]
+
+CHECKPOINT_FORMAT = "googlenet-numpy-checkpoint"
+CHECKPOINT_VERSION = 1
+META_KEY = "__meta__"
+
+
+class CheckpointError(ValueError):
+    """The file exists but is corrupt, truncated, or not a checkpoint of this project."""
+
+
+def _json_default(obj):
+    # NumPy scalars and small arrays turn up in metadata (a loss, an accuracy): store them as
+    # plain numbers/lists instead of failing.
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename itself durable; not possible (nor needed) on every platform."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str, arrays: dict, meta: dict | None = None) -> str:
+    """Write `arrays` (name -> ndarray) and `meta` (JSON-able dict) atomically to `path`.
+
+    The file name is used exactly as given (no '.npz' is appended).  Returns the path.
+    Raises TypeError/ValueError before touching the disk for bad names, object arrays or
+    metadata that JSON cannot hold.
+    """
+    path = os.fspath(path)
+    clean = {}
+    for key, value in arrays.items():
+        if not isinstance(key, str) or not key or key == META_KEY:
+            raise ValueError(f"bad array name {key!r}")
+        a = np.asarray(value)
+        if a.dtype.hasobject:
+            raise TypeError(f"array {key!r} has dtype object, which cannot be stored without "
+                            "pickle")
+        clean[key] = a
+    header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+              "keys": sorted(clean), "meta": dict(meta or {})}
+    blob = json.dumps(header, default=_json_default, sort_keys=True).encode("utf-8")
+    clean[META_KEY] = np.frombuffer(blob, dtype=np.uint8)
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **clean)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: never leave a stray temporary file behind.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def load_checkpoint(path: str):
+    """Read a checkpoint written by ``save_checkpoint`` -> (arrays dict, meta dict).
+
+    Raises FileNotFoundError when the file is missing and CheckpointError (a ValueError) when
+    it is truncated, corrupt, from a newer version of this format, or not one of ours.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(f"{path} is not a checkpoint of this project (not an .npz/zip "
+                              f"file; it starts with {magic!r})")
+    try:
+        # Our own file object: np.load does not close a path it opened when the zip is bad.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            names = list(npz.files)
+            if META_KEY not in names:
+                raise CheckpointError(f"{path} is an .npz file but not a checkpoint of this "
+                                      f"project (no {META_KEY} entry)")
+            # Read everything now: a damaged member only shows itself (CRC error, short read)
+            # when it is read, and the caller should hear about it here.
+            arrays = {k: npz[k] for k in names}
+    except CheckpointError:
+        raise
+    except Exception as exc:  # zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError...
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or "
+                              f"truncated ({type(exc).__name__}: {exc})") from exc
+
+    raw = arrays.pop(META_KEY)
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON") from exc
+    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (format "
+                              f"{header.get('format') if isinstance(header, dict) else None!r},"
+                              f" expected {CHECKPOINT_FORMAT!r})")
+    version = header.get("version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {version!r}; this code reads "
+                              f"versions up to {CHECKPOINT_VERSION}")
+    missing = sorted(set(header.get("keys", [])) - set(arrays))
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: arrays missing: {missing[:5]}"
+                              + (" ..." if len(missing) > 5 else ""))
+    return arrays, header.get("meta", {})
+
+
+def pack_namespaces(groups: dict) -> dict:
+    """{'model': {'conv1.weight': a}, 'ema': {...}} -> {'model/conv1.weight': a, ...}."""
+    out = {}
+    for ns, arrays in groups.items():
+        if "/" in ns:
+            raise ValueError(f"namespace {ns!r} must not contain '/'")
+        for key, value in arrays.items():
+            out[f"{ns}/{key}"] = value
+    return out
+
+
+def unpack_namespaces(arrays: dict) -> dict:
+    """Inverse of ``pack_namespaces``: split each key at its first '/'.
+
+    Keys without a '/' land in the '' namespace.
+    """
+    out: dict = {}
+    for key, value in arrays.items():
+        ns, _, rest = key.partition("/")
+        if not rest:
+            ns, rest = "", key
+        out.setdefault(ns, {})[rest] = value
+    return out
+
+
+def _to_jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": obj.dtype.str}
+    if isinstance(obj, dict):
+        return {k: _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _from_jsonable(obj):
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return np.array(obj["__ndarray__"], dtype=np.dtype(obj["dtype"]))
+        return {k: _from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_jsonable(v) for v in obj]
+    return obj
+
+
+def pack_rng_state(rng: np.random.Generator) -> dict:
+    """A JSON-able copy of a Generator's bit-generator state (PCG64, MT19937, Philox, ...)."""
+    return _to_jsonable(rng.bit_generator.state)
+
+
+def unpack_rng_state(state: dict) -> np.random.Generator:
+    """A new Generator continuing exactly where the packed one was."""
+    state = _from_jsonable(state)
+    name = state.get("bit_generator")
+    bitgen_cls = getattr(np.random, name, None) if isinstance(name, str) else None
+    if bitgen_cls is None or not isinstance(bitgen_cls, type) or \
+            not issubclass(bitgen_cls, np.random.BitGenerator):
+        raise ValueError(f"unknown bit generator {name!r} in RNG state")
+    bitgen = bitgen_cls()
+    bitgen.state = state
+    return np.random.Generator(bitgen)
+
+
+def pack_python_random_state(state=None) -> dict:
+    """JSON-able form of ``random.getstate()`` (or of the given state tuple)."""
+    version, internal, gauss_next = random.getstate() if state is None else state
+    return {"version": version, "internal": list(internal), "gauss_next": gauss_next}
+
+
+def unpack_python_random_state(packed: dict) -> tuple:
+    """The tuple to pass to ``random.setstate`` (or ``random.Random().setstate``)."""
+    return (packed["version"], tuple(packed["internal"]), packed["gauss_next"])

@@ -1,0 +1,431 @@
+"""Image folders on disk and a multi-process batch loader.
+
+``ImageFolder`` reads the usual layout ``root/<class>/**/<image>``: classes are the sorted
+sub-folder names and a class's index is its position in that list.
+
+``DataLoader`` turns a dataset into batches ``(images float32 (N, 3, S, S), labels int64 (N,))``
+of NumPy arrays.  Decoding and augmentation run in worker processes (``fork`` where the
+platform has it, else ``spawn``) that fill a bounded number of batches ahead of the consumer,
+so a GPU step does not wait for JPEG decoding.  ``workers=0`` does everything in-process.
+
+Determinism: sample ``i`` in epoch ``e`` is augmented with
+``np.random.default_rng([seed, e, i])``, and batches are yielded in order, so the batches do
+not depend on the number of workers or on which worker handled what.  The shuffle order of
+epoch ``e`` comes from ``default_rng([seed, e])``; call ``set_epoch(e)`` before each epoch.
+
+Unreadable images: a file that cannot be opened or decoded is left out of its batch (the batch
+is one sample smaller, never refilled from the next one: refilling would make every later batch
+depend on which files failed).  A batch whose samples all fail is not yielded at all.  Each bad
+file is reported once on stderr, its path is added to ``loader.skipped``, and it is not read
+again in later epochs.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+from PIL import Image
+
+from models.transforms import to_array
+
+__all__ = ["IMG_EXTENSIONS", "SplitError", "UnreadableImageError", "load_image",
+           "ImageFolder", "DataLoader"]
+
+IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm")
+
+
+class SplitError(ValueError):
+    """A dataset folder is missing, has no class folders, or has no images."""
+
+
+class UnreadableImageError(OSError):
+    """An image file could not be opened or decoded; ``.path`` names it."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def load_image(path: str) -> Image.Image:
+    """Open and fully decode an image as RGB; raise UnreadableImageError if that fails."""
+    try:
+        with Image.open(path) as img:
+            # load() forces the decode now: Image.open only reads the header, and a truncated
+            # file would otherwise fail later, deep inside a transform.
+            img.load()
+            return img.convert("RGB")
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, zlib.error...)
+        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+class ImageFolder:
+    """Images under ``root/<class>/`` (or ``root/<split>/<class>/`` when `split` is given).
+
+    Attributes:
+      root: the folder holding the class folders.
+      classes: sorted class folder names; label = index in this list.
+      class_to_idx: name -> label.
+      samples: list of (path, label), sorted by class then path.
+      targets: labels, int64 array (len,).
+
+    `classes` may be passed to impose the label set of another split (e.g. val must use the
+    train classes): then class folders may be missing or empty, but a folder that is not in the
+    list is an error, since its images would get no label.  Files are found recursively inside
+    each class folder; hidden files and folders (starting with '.') are ignored.
+
+    Raises SplitError (a ValueError) naming the path when the folder is missing, has no class
+    folders, has an empty class folder (only when `classes` is not given), or has no images.
+    """
+
+    def __init__(self, root: str, split: str | None = None, classes=None):
+        root = os.fspath(root)
+        folder = os.path.join(root, split) if split else root
+        if not os.path.isdir(folder):
+            what = f"split folder '{split}'" if split else "dataset folder"
+            raise SplitError(f"{what} not found: {folder}")
+        found = sorted(d.name for d in os.scandir(folder)
+                       if d.is_dir() and not d.name.startswith("."))
+        strict = classes is None
+        if strict:
+            if not found:
+                raise SplitError(f"no class folders in {folder} "
+                                 f"(expected {folder}/<class>/<image>)")
+            classes = found
+        else:
+            classes = list(classes)
+            unknown = sorted(set(found) - set(classes))
+            if unknown:
+                raise SplitError(f"{folder} has class folders not in the class list: {unknown}")
+        self.root = folder
+        self.classes = list(classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples = []
+        for label, name in enumerate(self.classes):
+            class_dir = os.path.join(folder, name)
+            files = []
+            for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                files += [os.path.join(dirpath, f) for f in filenames if _is_image(f)]
+            if not files and strict:
+                raise SplitError(f"class folder has no images ({', '.join(IMG_EXTENSIONS)}): "
+                                 f"{class_dir}")
+            self.samples += [(p, label) for p in sorted(files)]
+        if not self.samples:
+            raise SplitError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {folder}")
+        self.targets = np.array([s[1] for s in self.samples], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        """(RGB PIL image, label); raises UnreadableImageError for a bad file."""
+        path, label = self.samples[index]
+        return load_image(path), label
+
+    def __repr__(self):
+        return f"ImageFolder({self.root!r}, {len(self.classes)} classes, {len(self)} images)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch loading
+# ---------------------------------------------------------------------------------------------
+
+def _load_samples(dataset, transform, seed: int, epoch: int, indices):
+    """Load and transform samples -> (list of float32 arrays, labels, bad [(index, path, why)])."""
+    images, labels, bad = [], [], []
+    for i in indices:
+        try:
+            img, label = dataset[i]
+        except UnreadableImageError as exc:
+            bad.append((int(i), exc.path, exc.reason))
+            continue
+        rng = np.random.default_rng([seed, epoch, int(i)])
+        x = transform(img, rng) if transform is not None else to_array(img)
+        images.append(np.ascontiguousarray(x, dtype=np.float32))
+        labels.append(label)
+    return images, np.asarray(labels, dtype=np.int64), bad
+
+
+def _load_batch(dataset, transform, seed: int, epoch: int, indices):
+    """-> (images (N, ...) float32 or None when every sample failed, labels (N,), bad)."""
+    images, labels, bad = _load_samples(dataset, transform, seed, epoch, indices)
+    return (np.stack(images) if images else None), labels, bad
+
+
+# Handing a batch from a worker to the parent.  Pickling a large array through a pipe costs
+# several copies and system calls in the parent, which is the one process that must keep the
+# GPU busy.  Instead a worker writes the batch into a file on a memory file system (/dev/shm)
+# and sends only its name; the parent maps the file and deletes its name at once, so the batch
+# reaches the consumer without being copied in the parent, and the memory is freed when the
+# array is.  Where there is no such file system, or it is full (containers often give
+# /dev/shm only 64 MB), the batch goes through the pipe instead.
+
+def _shm_root():
+    root = "/dev/shm"
+    return root if os.path.isdir(root) and os.access(root, os.W_OK) else None
+
+
+def _pack_images(images, shm_dir, task_id):
+    """Worker side: ('file', path, shape) when the batch went to shm_dir, else ('array', x)."""
+    shape = (len(images),) + images[0].shape
+    if any(x.shape != images[0].shape for x in images):
+        raise ValueError("the transform returned arrays of different shapes in one batch: "
+                         f"{sorted({x.shape for x in images})}")
+    if shm_dir is not None:
+        path = os.path.join(shm_dir, f"batch-{os.getpid()}-{task_id}.f32")
+        try:
+            with open(path, "wb") as f:
+                for x in images:  # sample by sample: no stacked copy in the worker either
+                    f.write(memoryview(x).cast("B"))
+            return ("file", path, shape)
+        except OSError:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    return ("array", np.stack(images))
+
+
+def _unpack_images(packed):
+    """Parent side: the batch as an ndarray (backed by the mapped file when one was used)."""
+    if packed[0] == "array":
+        return packed[1]
+    _, path, shape = packed
+    try:
+        with open(path, "r+b") as f:
+            nbytes = int(np.prod(shape)) * 4
+            mapped = mmap.mmap(f.fileno(), nbytes) if nbytes else bytearray()
+    finally:
+        os.unlink(path)
+    return np.frombuffer(mapped, dtype=np.float32).reshape(shape)
+
+
+def _discard(packed):
+    """Free a batch that will never be used (shutting down early)."""
+    if packed and packed[0] == "file":
+        try:
+            os.unlink(packed[1])
+        except OSError:
+            pass
+
+
+def _worker_loop(dataset, transform, seed, task_q, result_q, shm_dir):
+    # Ctrl-C reaches the whole process group; the parent alone decides how to shut down, and
+    # a worker dying half-way through a put could leave the parent waiting.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent reads every result it asked for before it sends the stop signal, so anything
+    # still unsent at exit is unwanted; without this a worker could hang on exit pushing it
+    # into a pipe nobody reads.
+    result_q.cancel_join_thread()
+    while True:
+        task = task_q.get()
+        if task is None:
+            break
+        task_id, epoch, indices = task
+        try:
+            images, labels, bad = _load_samples(dataset, transform, seed, epoch, indices)
+            packed = _pack_images(images, shm_dir, task_id) if images else None
+            result_q.put((task_id, True, (packed, labels, bad)))
+        except Exception:
+            result_q.put((task_id, False, traceback.format_exc()))
+
+
+def _mp_context(start_method=None):
+    if start_method is None:
+        # fork starts workers in milliseconds and shares the dataset's file list for free;
+        # spawn (macOS, Windows) needs the dataset and transform to be picklable.
+        start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(start_method)
+
+
+class DataLoader:
+    """Batches of (images float32 (N, 3, S, S), labels int64 (N,)) from a dataset.
+
+    Args:
+      dataset: ``len(dataset)`` and ``dataset[i] -> (PIL image, label)``; may raise
+        UnreadableImageError for a bad file.
+      batch_size: samples per batch (the last one may be smaller unless drop_last).
+      shuffle: new random order each epoch, from (seed, epoch).
+      transform: ``transform(img, rng) -> float32 array``; None means ``to_array``.  A
+        multi-crop transform returning (n_crops, 3, S, S) gives batches (N, n_crops, 3, S, S).
+      workers: worker processes; 0 loads in the calling process.
+      seed: base seed for shuffling and augmentation (non-negative int).
+      drop_last: leave out the final partial batch.
+      prefetch: batches in flight per worker (ready or being made) ahead of the consumer.
+      timeout: seconds to wait for one batch from the workers before TimeoutError; 0 = none.
+      start_method: multiprocessing start method; None = 'fork' where available, else 'spawn'.
+
+    ``len(loader)`` is the number of batches an epoch yields when no file is unreadable.
+    With workers, the transform and dataset must be picklable if the platform lacks 'fork'.
+    Worker batches arrive as arrays mapped from /dev/shm files (no copy in this process; see
+    ``_pack_images``), or pickled through the pipe where /dev/shm is missing or full.
+    Workers live for one pass over the data (one ``for`` loop).
+    """
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool = False, transform=None,
+                 workers: int = 0, seed: int = 0, drop_last: bool = False, prefetch: int = 2,
+                 timeout: float = 0.0, start_method: str | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if workers < 0 or prefetch < 1:
+            raise ValueError("workers must be >= 0 and prefetch >= 1")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.transform = transform
+        self.workers = int(workers)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.prefetch = int(prefetch)
+        self.timeout = float(timeout)
+        self.start_method = start_method
+        self.epoch = 0
+        self.skipped: list[str] = []
+        self._bad_indices: set[int] = set()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffle order and augmentation the next iteration uses."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self, epoch: int):
+        n = len(self.dataset)
+        order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
+                 else np.arange(n))
+        batches = [order[k:k + self.batch_size] for k in range(0, n, self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        # Files already known to be bad are dropped up front; the result is the same batch the
+        # worker would have produced, without reading the file again.
+        return [[int(i) for i in b if int(i) not in self._bad_indices] for b in batches]
+
+    def _note_bad(self, bad) -> None:
+        for index, path, reason in bad:
+            if index in self._bad_indices:
+                continue
+            self._bad_indices.add(index)
+            self.skipped.append(path)
+            print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr,
+                  flush=True)
+
+    def __iter__(self):
+        batches = self._batches(self.epoch)
+        if self.workers == 0:
+            return self._iter_inline(batches, self.epoch)
+        return self._iter_workers(batches, self.epoch)
+
+    def _iter_inline(self, batches, epoch):
+        for indices in batches:
+            if not indices:
+                continue
+            images, labels, bad = _load_batch(self.dataset, self.transform, self.seed, epoch,
+                                              indices)
+            self._note_bad(bad)
+            if images is not None:
+                yield images, labels
+
+    def _iter_workers(self, batches, epoch):
+        if not batches:
+            return
+        ctx = _mp_context(self.start_method)
+        task_q, result_q = ctx.Queue(), ctx.Queue()
+        shm_root = _shm_root()
+        shm_dir = tempfile.mkdtemp(prefix="loader-", dir=shm_root) if shm_root else None
+        procs, ready = [], {}
+        try:
+            for _ in range(min(self.workers, len(batches))):
+                p = ctx.Process(target=_worker_loop, daemon=True,
+                                args=(self.dataset, self.transform, self.seed, task_q,
+                                      result_q, shm_dir))
+                p.start()
+                procs.append(p)
+            max_in_flight = self.prefetch * len(procs)
+            sent = 0
+            for want in range(len(batches)):
+                while sent < len(batches) and sent - want < max_in_flight:
+                    task_q.put((sent, epoch, batches[sent]))
+                    sent += 1
+                while want not in ready:
+                    task_id, ok, payload = self._get_result(result_q, procs)
+                    if not ok:
+                        raise RuntimeError(f"data loader worker failed on batch {task_id}:\n"
+                                           f"{payload}")
+                    ready[task_id] = payload
+                packed, labels, bad = ready.pop(want)
+                self._note_bad(bad)
+                if packed is not None:
+                    yield _unpack_images(packed), labels
+        finally:
+            for packed, _, _ in ready.values():
+                _discard(packed)
+            self._shutdown(procs, task_q, result_q)
+            if shm_dir is not None:
+                # Also removes batches a worker wrote but never got to announce.
+                shutil.rmtree(shm_dir, ignore_errors=True)
+
+    def _get_result(self, result_q, procs):
+        """Next result, polling so that a worker killed from outside is noticed, not awaited."""
+        waited = 0.0
+        while True:
+            try:
+                return result_q.get(timeout=1.0)
+            except queue.Empty:
+                waited += 1.0
+                dead = [p for p in procs if not p.is_alive()]
+                if dead:
+                    codes = ", ".join(str(p.exitcode) for p in dead)
+                    raise RuntimeError(f"{len(dead)} data loader worker(s) exited unexpectedly "
+                                       f"(exit codes {codes})") from None
+                if self.timeout and waited >= self.timeout:
+                    raise TimeoutError(f"no batch from the data loader workers in "
+                                       f"{self.timeout:.0f} s") from None
+
+    @staticmethod
+    def _shutdown(procs, task_q, result_q, grace: float = 2.0):
+        # Polite stop first (workers finish their current batch), then force.  Results still
+        # arriving are drained meanwhile so that no worker blocks writing into a full pipe.
+        for _ in procs:
+            try:
+                task_q.put_nowait(None)
+            except Exception:
+                pass
+        deadline = time.monotonic() + grace
+        while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+            try:
+                _, ok, payload = result_q.get(timeout=0.05)
+            except Exception:
+                continue
+            if ok:
+                _discard(payload[0])
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=2.0)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for q in (task_q, result_q):
+            q.cancel_join_thread()
+            q.close()
