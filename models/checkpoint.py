@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 
 import numpy as np
+
+from engine.io import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "save_checkpoint",
            "load_checkpoint", "pack_namespaces", "unpack_namespaces", "pack_rng_state",
@@ -55,20 +56,6 @@ def _json_default(obj):
     raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON-serialisable")
 
 
-def _fsync_dir(directory: str) -> None:
-    """Make the rename itself durable; not possible (nor needed) on every platform."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str, arrays: dict, meta: dict | None = None) -> str:
     """Write `arrays` (name -> ndarray) and `meta` (JSON-able dict) atomically to `path`.
 
@@ -91,24 +78,8 @@ def save_checkpoint(path: str, arrays: dict, meta: dict | None = None) -> str:
     blob = json.dumps(header, default=_json_default, sort_keys=True).encode("utf-8")
     clean[META_KEY] = np.frombuffer(blob, dtype=np.uint8)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **clean)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave a stray temporary file behind.
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    with atomic_write(path) as f:
+        np.savez(f, **clean)
     return path
 
 

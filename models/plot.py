@@ -17,9 +17,10 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 
 from PIL import Image, ImageDraw, ImageFont
+
+from engine.io import atomic_write
 
 __all__ = ["append_metrics_csv", "read_metrics_csv", "plot_curves"]
 
@@ -72,21 +73,12 @@ def append_metrics_csv(path: str, row: dict) -> None:
     # leaves a log with half the rows.
     _, rows = read_metrics_csv(path, raw=True)
     header = header + new_cols
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            for r in rows:
-                w.writerow([r.get(c, "") for c in header])
-            w.writerow([_cell(row.get(c)) for c in header])
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            w.writerow([r.get(c, "") for c in header])
+        w.writerow([_cell(row.get(c)) for c in header])
 
 
 def _number(text: str):
@@ -282,8 +274,6 @@ def plot_curves(csv_path: str, png_path: str, size=(1200, 480), title: str | Non
     _draw_panel(img, (0, top, half, height), xs, loss, "loss", "loss", font, small)
     _draw_panel(img, (half, top, width, height), xs, acc, "accuracy", "accuracy", font, small)
 
-    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-    tmp = png_path + ".tmp"
-    img.save(tmp, format="PNG")
-    os.replace(tmp, png_path)  # a viewer polling the file never sees half a PNG
+    with atomic_write(png_path) as f:  # a viewer polling the file never sees half a PNG
+        img.save(f, format="PNG")
     return png_path

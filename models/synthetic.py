@@ -27,6 +27,8 @@ import shutil
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.io import atomic_write
+
 __all__ = ["CLASS_NAMES", "GENERATOR_VERSION", "render_image", "make_synthetic_imagefolder"]
 
 # Bump whenever the drawing code changes, so old datasets on disk are regenerated.
@@ -321,11 +323,9 @@ def _is_complete(root: str, manifest: dict, expected: dict) -> bool:
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def make_synthetic_imagefolder(root: str, num_classes: int = 10, train_per_class: int = 50,
