@@ -100,7 +100,9 @@ class Tensor:
         return backend.to_numpy(self.data)
 
     def item(self) -> float:
-        return float(self.numpy().reshape(-1)[0]) if self.size == 1 else _not_scalar(self)
+        if self.size != 1:
+            raise ValueError(f"item(): tensor of shape {self.shape} has more than one element")
+        return float(self.numpy().reshape(-1)[0])
 
     def to(self, device) -> "Tensor":
         """A tensor on ``device``, detached from the graph (same object if already there)."""
@@ -192,10 +194,6 @@ class Tensor:
         return ops.mean(self, axis, keepdims)
 
 
-def _not_scalar(t):
-    raise ValueError(f"item(): tensor of shape {t.shape} has more than one element")
-
-
 # -------------------------------------------------------------------- Function
 _counter = itertools.count()
 
@@ -235,7 +233,12 @@ class Function:
         single = not isinstance(ys, tuple)
         outputs = [Tensor(y) for y in ((ys,) if single else ys)]
         if record:
-            self.inputs = tensors
+            # The graph keeps edges, not data: an intermediate input is remembered as
+            # (its creator, which output), a leaf wanting a gradient as itself, a
+            # constant as None. Whatever array backward needs, forward saved itself.
+            self.inputs = [(t.creator, t._output_index) if t.creator is not None
+                           else (t if t.requires_grad else None) for t in tensors]
+            self.input_shapes = [t.shape for t in tensors]
             self.generation = max(t.generation for t in tensors)
             self._order = next(_counter)
             self.output_specs = [(y.shape, y.dtype) for y in outputs]
@@ -294,19 +297,19 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
             seen.add(id(f))
             heapq.heappush(heap, (-f.generation, -f._order, id(f), f))
 
-    def deliver(t: Tensor, g):
-        if t.creator is None:
-            if t.requires_grad:
-                t._accumulate(g)
+    def deliver(edge, g):
+        if isinstance(edge, Tensor):       # a leaf
+            edge._accumulate(g)
             return
-        key = (id(t.creator), t._output_index)
+        creator, index = edge
+        key = (id(creator), index)
         if key in pending:
             pending[key] = pending[key] + g
         else:
             pending[key] = g
-        push(t.creator)
+        push(creator)
 
-    deliver(root, grad)
+    deliver((root.creator, root._output_index), grad)
     while heap:
         *_, f = heapq.heappop(heap)
         if not hasattr(f, "inputs"):
@@ -330,12 +333,12 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
         if len(gxs) != len(f.inputs):
             raise RuntimeError(f"{type(f).__name__}.backward returned {len(gxs)} gradients "
                                f"for {len(f.inputs)} inputs")
-        for x, gx in zip(f.inputs, gxs):
-            if gx is not None and x.requires_grad:
-                if gx.shape != x.shape:
+        for edge, shape, gx in zip(f.inputs, f.input_shapes, gxs):
+            if gx is not None and edge is not None:
+                if gx.shape != shape:
                     raise RuntimeError(f"{type(f).__name__}.backward: gradient shape {gx.shape} "
-                                       f"!= input shape {x.shape}")
-                deliver(x, gx)
+                                       f"!= input shape {shape}")
+                deliver(edge, gx)
         if not retain_graph:
             f.release()
 

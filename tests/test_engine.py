@@ -281,3 +281,21 @@ def test_train_a_tiny_model_end_to_end():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_graph_keeps_only_what_backward_needs():
+    """Max pooling's backward needs only the argmax: once the caller drops the
+    pool's input tensor, its data must be freed although the graph lives on."""
+    import gc
+    import weakref
+
+    import layers as L
+    x = leaf(np.random.default_rng(5).standard_normal((1, 4, 8, 8)))
+    h = L.lrn(x)                    # LRN saves its own input and scale, not its output
+    alive = weakref.ref(h.data)
+    y = L.max_pool2d(h, 3, 2)
+    del h
+    gc.collect()
+    assert alive() is None
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
