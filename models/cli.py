@@ -14,34 +14,44 @@ BUILTIN = {"epochs": 12, "image_size": 64, "lr": 0.02, "crop_scale": 0.35}
 FULL = {"epochs": 90, "image_size": 224, "lr": 0.01, "crop_scale": 0.08}
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where it is a real value (None means "see the text")."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_device(p):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where to run: 'auto' picks CUDA when CuPy and a GPU are usable (default)")
+                   help="where to run: 'auto' picks CUDA when CuPy and a GPU are usable")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m models.googlenet",
         description="GoogLeNet (Inception v1) on a from-scratch NumPy/CuPy engine.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser(
-        "train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "train", formatter_class=_Help,
         help="train on an image folder (or the built-in dataset)",
         description="Train GoogLeNet with the paper's recipe: SGD with momentum, the rate "
                     "multiplied by --lr-gamma every --lr-step-size epochs, aux losses weighted "
                     "by --aux-weight, Polyak averaging for evaluation, and the paper's "
                     "augmentation. Without --data it trains on a built-in synthetic dataset "
                     "(generated once under --synthetic-dir) with settings sized for a CPU: "
-                    f"{BUILTIN}; with --data the defaults are {FULL}.")
+                    "12 epochs at 64x64, lr 0.02, crops of at least 35% of the area. With "
+                    "--data the defaults are the paper's: 224x224, lr 0.01, crops from 8%%.")
     t.add_argument("--data", help="ImageFolder root with train/<class>/* and val/<class>/*; "
                                   "class index = position of the sorted folder name")
     _add_device(t)
     t.add_argument("--epochs", type=int, help="epochs to train (default: 90, or 12 on the built-in data)")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32, help="images per step")
     t.add_argument("--lr", type=float, help="base learning rate (default: 0.01, or 0.02 on the built-in data)")
-    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     t.add_argument("--wd", type=float, default=2e-4, help="weight decay (biases get none)")
     t.add_argument("--lr-step-size", type=int, default=8, help="epochs between rate drops")
     t.add_argument("--lr-gamma", type=float, default=0.96, help="rate multiplier at each drop")
@@ -51,29 +61,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Polyak averaging decay for the evaluation weights; 0 turns it off")
     t.add_argument("--image-size", type=int, help="training crop side (default: 224, or 64 on the built-in data); >= 64")
     t.add_argument("--crop-scale", type=float,
-                   help="smallest random crop, as a fraction of the image area (paper: 0.08)")
+                   help="smallest random crop, as a fraction of the image area (default: 0.08 "
+                        "as in the paper, or 0.35 on the built-in data)")
     t.add_argument("--workers", type=int,
                    help="data loading processes; 0 loads in-process (default: 0 on the CPU, where "
                         "workers would compete with the compute, 4 with a GPU)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="seeds initialisation, data order, augmentation and dropout")
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue from a last.npz/best.npz")
     t.add_argument("--output-dir", default=os.path.join("runs", "googlenet"),
                    help="where metrics.csv, curves.png and checkpoints go")
     t.add_argument("--print-freq", type=int, default=10, help="steps between log lines when not on a terminal")
-    t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    t.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="float64 is for checking, float32 for training")
     g = t.add_argument_group("built-in dataset")
-    g.add_argument("--synthetic-dir", default=os.path.join("data", "synthetic"))
-    g.add_argument("--synthetic-classes", type=int, default=10)
+    g.add_argument("--synthetic-dir", default=os.path.join("data", "synthetic"),
+                   help="where the generated images are written (reused when complete)")
+    g.add_argument("--synthetic-classes", type=int, default=10, help="classes, up to 12")
     g.add_argument("--synthetic-train", type=int, default=120, help="training images per class")
     g.add_argument("--synthetic-val", type=int, default=30, help="validation images per class")
     g.add_argument("--synthetic-size", type=int, default=72, help="side of the generated images")
 
-    e = sub.add_parser("eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    e = sub.add_parser("eval", formatter_class=_Help,
                        help="top-1/top-5 error of a checkpoint",
                        description="Top-1 and top-5 error on PATH/val (or PATH itself if it has "
                                    "no val folder), on the Polyak-averaged weights when the "
                                    "checkpoint has them.")
-    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--checkpoint", required=True, help="a last.npz or best.npz written by train")
     e.add_argument("--data", help="ImageFolder root (default: the data the checkpoint trained on)")
     e.add_argument("--crops", type=int, default=1, choices=[1, 10, 144],
                    help="1: centre crop; 10: corners+centre, mirrored; 144: the paper's scheme")
@@ -83,20 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--raw-weights", action="store_true", help="use the raw, not the averaged, weights")
     _add_device(e)
 
-    p = sub.add_parser("predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = sub.add_parser("predict", formatter_class=_Help,
                        help="top-5 classes of some images")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--crops", type=int, default=1, choices=[1, 10, 144])
+    p.add_argument("--checkpoint", required=True, help="a last.npz or best.npz written by train")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    p.add_argument("--topk", type=int, default=5, help="how many classes to list")
+    p.add_argument("--crops", type=int, default=1, choices=[1, 10, 144],
+                   help="average the softmax over this many crops (see eval --help)")
     p.add_argument("--image-size", type=int, help="crop side (default: the training size)")
-    p.add_argument("--raw-weights", action="store_true")
+    p.add_argument("--raw-weights", action="store_true", help="use the raw, not the averaged, weights")
     _add_device(p)
 
-    s = sub.add_parser("summary", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    s = sub.add_parser("summary", formatter_class=_Help,
                        help="layer table: output shapes, parameters, multiply-adds")
-    s.add_argument("--image-size", type=int, default=224)
-    s.add_argument("--num-classes", type=int, default=1000)
+    s.add_argument("--image-size", type=int, default=224, help="input side (>= 64)")
+    s.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
     s.add_argument("--no-aux", action="store_true", help="leave out the auxiliary heads")
     return parser
 
