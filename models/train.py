@@ -183,7 +183,7 @@ def train(args) -> dict:
     root, train_set, train_loader, val_loader = prepare_data(args)
     classes = list(train_set.classes)
     model = GoogLeNet(num_classes=len(classes), aux_logits=args.aux_weight > 0,
-                      dtype=args.dtype, seed=args.seed).to(device)
+                      dtype=args.dtype, seed=args.seed, init=args.init).to(device)
     opt = SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
     ema = PolyakAverage(model, args.ema_decay) if args.ema_decay > 0 else None
     state = RunState()
@@ -197,6 +197,7 @@ def train(args) -> dict:
         os.replace(csv_path, csv_path + ".old")   # a fresh run starts a fresh log
     _log(f"training GoogLeNet on {device}: {len(train_set)} images, {len(classes)} classes, "
          f"{args.image_size}x{args.image_size}, batch {args.batch_size}, epochs {args.epochs}, "
+         f"lr {args.lr:g}, {args.init} init, "
          f"{model.num_parameters() / 1e6:.2f} M parameters; output in {args.output_dir}")
 
     metrics = {}

@@ -192,3 +192,19 @@ def test_sgd_steps_match_pytorch():
         theirs.append(tl.item())
     np.testing.assert_allclose(ours, theirs, rtol=1e-9)
     assert ours[-1] != ours[0]
+
+
+def test_msra_initialisation():
+    m = GoogLeNet(num_classes=10, seed=3, init="msra")
+    sd = m.state_dict()
+    w = sd["inception_4e.conv_3x3.weight"]
+    assert abs(w.std() - np.sqrt(2.0 / (160 * 9))) < 0.02 * np.sqrt(2.0 / (160 * 9))
+    assert abs(w.mean()) < 0.05 * w.std()
+    for k, v in sd.items():
+        if k.endswith("bias") or ".classifier." in f".{k}":
+            assert np.all(v == 0), k
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    m.eval()
+    np.testing.assert_array_equal(m(x).numpy(), 0)   # zero classifier: uniform first prediction
+    with pytest.raises(ValueError, match="init must be"):
+        GoogLeNet(init="uniform")
