@@ -10,9 +10,16 @@ Backward (the window is symmetric, so "c' whose window holds c" is window(c))::
 
     gx[c] = gy[c] * scale[c] ** -beta
             - 2 alpha beta / n * x[c] * sum_{c' in window(c)} gy[c'] y[c'] / scale[c']
+
+On NumPy arrays, when ``kernels.cpu`` is enabled, forward and backward are one Numba pass
+each (``kernels.cpu.lrn``), which keeps only ``x`` and recomputes the scale in backward.
 """
 from __future__ import annotations
 
+import numpy as np
+
+import kernels.cpu as cpu_kernels
+from engine.backend import is_cupy_array
 from engine.tensor import Function, Tensor
 
 from . import caffe
@@ -45,6 +52,17 @@ class LRNFunction(Function):
     def forward(self, x):
         check_rank("lrn", "x", x, 4, "N, C, H, W")
         check_float("lrn", x=x)
+        self.fused = not is_cupy_array(x) and cpu_kernels.enabled()
+        if self.fused:
+            from kernels.cpu import lrn as K
+            from kernels.cpu import parallel
+            n, c, h, w = x.shape
+            self.x = x = np.ascontiguousarray(x)
+            y = np.empty((n, c, h, w), dtype=x.dtype)
+            x3, y3 = x.reshape(n, c, h * w), y.reshape(n, c, h * w)
+            consts = K.constants(x.dtype, self.size, self.alpha, self.beta, self.k)
+            parallel.over_images(n, lambda i: K.lrn_forward(x3[i], self.size, *consts, y3[i]))
+            return y
         scale = window_sum(x * x, self.size)
         scale *= self.alpha / self.size
         scale += self.k
@@ -53,6 +71,17 @@ class LRNFunction(Function):
         return y
 
     def backward(self, gy):
+        if self.fused:
+            from kernels.cpu import lrn as K
+            from kernels.cpu import parallel
+            n, c, h, w = self.x.shape
+            gx = np.empty((n, c, h, w), dtype=gy.dtype)
+            x3, gx3 = self.x.reshape(n, c, h * w), gx.reshape(n, c, h * w)
+            gy3 = np.ascontiguousarray(gy).reshape(n, c, h * w)
+            consts = K.constants(gy.dtype, self.size, self.alpha, self.beta, self.k)
+            parallel.over_images(n, lambda i: K.lrn_backward(x3[i], gy3[i], self.size, *consts,
+                                                             gx3[i]))
+            return gx
         x, scale = self.x, self.scale
         pow_ = scale ** -self.beta
         y = x * pow_

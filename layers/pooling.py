@@ -11,10 +11,18 @@ padded input covering every output pixel (see ``im2col.tap_slice``).
 * Average: ``y = (sum over taps) / divisor``, with Caffe's divisor (padding
   counted, ceil-mode overflow not: ``caffe.avg_pool_divisors``); backward
   spreads ``gy / divisor`` over every tap.
+
+On NumPy arrays both run as Numba kernels (``kernels.cpu.pool``) when ``kernels.cpu`` is
+enabled: max pooling's maximum and winning tap over -inf padded planes and a backward that
+scatters ``gy`` to the winners plane by plane; average pooling window by window. Same
+winners, same maths; the tap loops above stay as the reference and the CuPy path.
 """
 from __future__ import annotations
 
-from engine.backend import get_array_module
+import numpy as np
+
+import kernels.cpu as cpu_kernels
+from engine.backend import get_array_module, is_cupy_array
 from engine.tensor import Function, Tensor
 
 from . import caffe
@@ -52,6 +60,15 @@ class MaxPool2dFunction(Function):
         xp = get_array_module(x)
         k, s, pad = self.k, self.s, self.pad
         oh, ow, eh, ew = _geometry("max_pool2d", x, k, s, pad, self.ceil_mode)
+        self.x_shape, self.pad_extra = x.shape, (eh, ew)
+        self.fused = not is_cupy_array(x) and cpu_kernels.enabled()
+        if self.fused:
+            from kernels.cpu import parallel, pool
+            y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+            self.winner = winner = np.empty(y.shape, dtype=np.uint8)
+            parallel.over_images(x.shape[0], lambda i: pool.max_pool_forward(
+                x[i], k, s, pad, y[i], winner[i]))
+            return y
         xpad = pad_hw(x, pad, -xp.inf, eh, ew)
         y = xpad[tap_slice(0, 0, s, oh, ow)].copy()
         winner = xp.zeros(y.shape, dtype=xp.uint8)
@@ -60,7 +77,7 @@ class MaxPool2dFunction(Function):
             better = cand > y           # strict: the first maximum wins ties
             xp.copyto(y, cand, where=better)
             winner[better] = t
-        self.winner, self.x_shape, self.pad_extra = winner, x.shape, (eh, ew)
+        self.winner = winner
         return y
 
     def backward(self, gy):
@@ -69,6 +86,12 @@ class MaxPool2dFunction(Function):
         k, s, pad = self.k, self.s, self.pad
         eh, ew = self.pad_extra
         oh, ow = gy.shape[2:]
+        if self.fused:
+            from kernels.cpu import parallel, pool
+            gx = np.empty(self.x_shape, dtype=gy.dtype)
+            parallel.over_images(n, lambda i: pool.max_pool_backward(
+                gy[i], self.winner[i], k, s, pad, gx[i]))
+            return gx
         gpad = xp.zeros((n, c, h + 2 * pad + eh, w + 2 * pad + ew), dtype=gy.dtype)
         for t in range(k * k):
             gpad[tap_slice(t // k, t % k, s, oh, ow)] += xp.where(self.winner == t, gy, 0)
@@ -79,21 +102,33 @@ class AvgPool2dFunction(Function):
     def __init__(self, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True):
         self.k, self.s, self.pad, self.ceil_mode = int(ksize), int(stride), int(pad), ceil_mode
 
+    def _axis_divisors(self, h, w, oh, ow, dtype):
+        """Caffe's divisors along H and along W; a window's divisor is their product."""
+        return (caffe.avg_pool_divisors(h, oh, self.k, self.s, self.pad).astype(dtype),
+                caffe.avg_pool_divisors(w, ow, self.k, self.s, self.pad).astype(dtype))
+
     def _divisor(self, xp, h, w, oh, ow, dtype):
-        dh = caffe.avg_pool_divisors(h, oh, self.k, self.s, self.pad)
-        dw = caffe.avg_pool_divisors(w, ow, self.k, self.s, self.pad)
-        return xp.asarray((dh[:, None] * dw[None, :]).astype(dtype))
+        dh, dw = self._axis_divisors(h, w, oh, ow, dtype)
+        return xp.asarray(dh[:, None] * dw[None, :])
 
     def forward(self, x):
         xp = get_array_module(x)
         k, s, pad = self.k, self.s, self.pad
         oh, ow, eh, ew = _geometry("avg_pool2d", x, k, s, pad, self.ceil_mode)
+        self.x_shape, self.pad_extra = x.shape, (eh, ew)
+        self.fused = not is_cupy_array(x) and cpu_kernels.enabled()
+        if self.fused:
+            from kernels.cpu import parallel, pool
+            dh, dw = self._axis_divisors(x.shape[2], x.shape[3], oh, ow, x.dtype)
+            y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+            parallel.over_images(x.shape[0], lambda i: pool.avg_pool_forward(
+                x[i], k, s, pad, dh, dw, y[i]))
+            return y
         xpad = pad_hw(x, pad, 0.0, eh, ew)
         y = xpad[tap_slice(0, 0, s, oh, ow)].copy()
         for t in range(1, k * k):
             y += xpad[tap_slice(t // k, t % k, s, oh, ow)]
         y /= self._divisor(xp, x.shape[2], x.shape[3], oh, ow, x.dtype)
-        self.x_shape, self.pad_extra = x.shape, (eh, ew)
         return y
 
     def backward(self, gy):
@@ -102,6 +137,13 @@ class AvgPool2dFunction(Function):
         k, s, pad = self.k, self.s, self.pad
         eh, ew = self.pad_extra
         oh, ow = gy.shape[2:]
+        if self.fused:
+            from kernels.cpu import parallel, pool
+            dh, dw = self._axis_divisors(h, w, oh, ow, gy.dtype)
+            gx = np.empty(self.x_shape, dtype=gy.dtype)
+            parallel.over_images(n, lambda i: pool.avg_pool_backward(
+                gy[i], k, s, pad, dh, dw, gx[i]))
+            return gx
         share = gy / self._divisor(xp, h, w, oh, ow, gy.dtype)
         gpad = xp.zeros((n, c, h + 2 * pad + eh, w + 2 * pad + ew), dtype=gy.dtype)
         for t in range(k * k):

@@ -1,0 +1,600 @@
+"""Images per second of a full GoogLeNet training step and of inference, against PyTorch.
+
+    python -m bench.train_throughput                       # CPU, batch 8 and 32, PyTorch beside
+    python -m bench.train_throughput --batch-sizes 8 --steps 5 --rounds 2
+    python -m bench.train_throughput --profile             # + per-layer forward/backward times
+    python -m bench.train_throughput --json bench/results/train_throughput_cpu.json
+    python -m bench.train_throughput --device cuda         # CuPy, and PyTorch on the GPU
+
+What is timed, for each batch size, on random normal 224x224 float32 images with fixed
+labels (no data loading):
+
+* train: ``forward (aux heads on) -> loss (main + 0.3 x aux) -> zero_grad -> backward ->
+  SGD step`` (momentum 0.9, weight decay 2e-4, biases at 2x the learning rate without decay);
+* infer: ``eval()`` mode, no graph (``no_grad``), the main path's logits only.
+
+Each framework runs in its own subprocess (``--worker``), so one's threads, caches and memory
+never touch the other's, and peak memory is the process's own: ``ru_maxrss`` (peak resident
+set) read after the inference steps (run first) and again after the training steps. "base" is
+the resident set once the model, optimizer and input are built, before the first step; the
+step's own working memory is peak - base. Times are medians over ``--steps`` steps after
+``--warmup`` warm-up steps (which include Numba's cache loading or compilation, and oneDNN's
+kernel generation); with ``--rounds R`` the two frameworks alternate R times (ours, torch,
+torch, ours, ...) so that slow phases of a shared machine hit both, and the medians are taken
+over every round's steps. "ratio" is ours / torch in img/s (above 1: ours is faster) and
+torch / ours in memory (above 1: ours uses less). "cores" is the worker's CPU time over wall
+time while training: below the thread count, the machine was busy or threads waited. With
+``--device cuda`` the GPU memory each framework's allocator holds at the end (CuPy's pool,
+PyTorch's reserved bytes) is reported too; host RSS then says little.
+
+The PyTorch peer (``TorchGoogLeNet`` below) is the same network written with torch.nn
+modules, the same layer table and semantics (ceil-mode pools, LRN with alpha / n, aux heads,
+dropout 0.4 / 0.7), with our model's weights copied in. It runs PyTorch's defaults (oneDNN
+convolutions on the CPU, all cores; cuDNN on the GPU, with ``cudnn.benchmark``). ``--threads``
+sets both frameworks' thread counts; ``--openblas-coretype`` sets ``OPENBLAS_CORETYPE`` for
+ours only (OpenBLAS reads it when NumPy loads it; PyTorch does not use OpenBLAS for these
+layers).
+
+FLOP counts: a training step costs 2 x (3 x forward MACs - first conv's MACs) per image
+(forward, gradient to the weights, gradient to the inputs, which the first convolution does not
+need): about 9.3 GFLOP; inference 2 x main-path MACs, about 3.2 GFLOP. "%sgemm" divides the
+achieved FLOP rate by NumPy's float32 GEMM rate on 2048 x 2048 matrices, measured in the
+same run by the parent process (NumPy's default BLAS threads and kernels).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 2e-4
+FRAMEWORKS = ("ours", "torch")
+
+
+# ----------------------------------------------------------------------------- PyTorch peer
+def torch_googlenet(num_classes: int):
+    """GoogLeNet in torch.nn, module names matching our state-dict keys (built lazily so
+    that importing this file does not import torch)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from models.googlenet import INCEPTION
+
+    class ConvReLU(nn.Module):
+        def __init__(self, cin, cout, k, stride=1, pad=0):
+            super().__init__()
+            self.conv = nn.Conv2d(cin, cout, k, stride, pad)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))
+
+    class Inception(nn.Module):
+        def __init__(self, cin, c1, c3r, c3, c5r, c5, pp):
+            super().__init__()
+            self.conv_1x1 = ConvReLU(cin, c1, 1)
+            self.conv_3x3_reduce = ConvReLU(cin, c3r, 1)
+            self.conv_3x3 = ConvReLU(c3r, c3, 3, 1, 1)
+            self.conv_5x5_reduce = ConvReLU(cin, c5r, 1)
+            self.conv_5x5 = ConvReLU(c5r, c5, 5, 1, 2)
+            self.pool = nn.MaxPool2d(3, 1, 1, ceil_mode=True)
+            self.pool_proj = ConvReLU(cin, pp, 1)
+            self.out_channels = c1 + c3 + c5 + pp
+
+        def forward(self, x):
+            return torch.cat([self.conv_1x1(x), self.conv_3x3(self.conv_3x3_reduce(x)),
+                              self.conv_5x5(self.conv_5x5_reduce(x)),
+                              self.pool_proj(self.pool(x))], 1)
+
+    class AuxHead(nn.Module):
+        def __init__(self, cin):
+            super().__init__()
+            self.conv = ConvReLU(cin, 128, 1)
+            self.fc = nn.Linear(2048, 1024)
+            self.drop = nn.Dropout(0.7)
+            self.classifier = nn.Linear(1024, num_classes)
+
+        def forward(self, x):
+            stride = x.shape[2] // 4        # 5x5/3 at 224, adapted like ours at other sizes
+            x = F.avg_pool2d(x, x.shape[2] - 3 * stride, stride, ceil_mode=True)
+            x = self.conv(x).flatten(1)
+            return self.classifier(self.drop(torch.relu(self.fc(x))))
+
+    class TorchGoogLeNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = ConvReLU(3, 64, 7, 2, 3)
+            self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+            self.norm1 = nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)
+            self.conv2_reduce = ConvReLU(64, 64, 1)
+            self.conv2 = ConvReLU(64, 192, 3, 1, 1)
+            self.norm2 = nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)
+            self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+            self.blocks = nn.ModuleDict()
+            cin = 192
+            for name, widths in INCEPTION.items():
+                self.blocks[name] = Inception(cin, *widths)
+                cin = self.blocks[name].out_channels
+            self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+            self.aux1, self.aux2 = AuxHead(512), AuxHead(528)
+            self.drop = nn.Dropout(0.4)
+            self.classifier = nn.Linear(1024, num_classes)
+
+        def forward(self, x):
+            x = self.pool2(self.norm2(self.conv2(self.conv2_reduce(
+                self.norm1(self.pool1(self.conv1(x)))))))
+            aux = []
+            for name, block in self.blocks.items():
+                if name in ("inception_4a", "inception_5a"):
+                    x = self.pool(x)
+                x = block(x)
+                if self.training and name == "inception_4a":
+                    aux.append(self.aux1(x))
+                if self.training and name == "inception_4d":
+                    aux.append(self.aux2(x))
+            x = self.classifier(self.drop(torch.flatten(x.mean((2, 3), keepdim=True), 1)))
+            return (x, *aux) if self.training else x
+
+        def load_ours(self, state):
+            """Copy our state dict in: conv1.weight -> conv1.conv.weight, inception_3a.conv_1x1.bias
+            -> blocks.inception_3a.conv_1x1.conv.bias, aux1.fc.weight -> aux1.fc.weight."""
+            own = dict(self.named_parameters())
+            for key, value in state.items():
+                parts = key.split(".")
+                if parts[0].startswith("inception"):
+                    parts = ["blocks"] + parts
+                if parts[-2] not in ("fc", "classifier"):      # a convolution: ConvReLU.conv
+                    parts.insert(-1, "conv")
+                name = ".".join(parts)
+                with torch.no_grad():
+                    own.pop(name).copy_(torch.from_numpy(np.asarray(value)))
+            if own:
+                raise KeyError(f"torch peer: parameters not loaded: {sorted(own)}")
+
+    return TorchGoogLeNet()
+
+
+# ----------------------------------------------------------------------------- workers
+def _rss_mib() -> float:
+    """Peak resident set of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _current_rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return _rss_mib()
+
+
+def _time_steps(step, sync, warmup: int, steps: int):
+    """(wall seconds per step, process CPU seconds per step, first warm-up step's seconds)."""
+    first = None
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        if i == 0:
+            first = time.perf_counter() - t0
+    times, cpu = [], []
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return times, cpu, first
+
+
+def _worker_ours(args) -> dict:
+    import engine as E
+    from engine import SGD, Profiler, no_grad
+    from models.googlenet import GoogLeNet, training_loss
+
+    model = GoogLeNet(num_classes=args.num_classes, seed=0)
+    xp = np
+    sync = _no_sync
+    if args.device == "cuda":
+        from engine.backend import require_cuda
+        xp = require_cuda()
+        model.to("cuda")
+        sync = xp.cuda.get_current_stream().synchronize
+    opt = SGD(model.param_groups(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    rng = np.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal((args.batch, 3, args.image_size, args.image_size),
+                                       dtype=np.float32))
+    labels = xp.asarray(rng.integers(0, args.num_classes, args.batch))
+    base = _current_rss_mib()
+
+    def infer():
+        with no_grad():
+            model(x)
+
+    def train():
+        loss, _ = training_loss(model(x), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    out = {"base_rss_mib": base}
+    if args.mode in ("both", "infer"):
+        model.eval()
+        out["infer_times"], out["infer_cpu"], out["infer_first"] = _time_steps(
+            infer, sync, args.warmup, args.steps)
+        out["infer_peak_rss_mib"] = _rss_mib()
+        model.train()
+    if args.mode in ("both", "train"):
+        out["train_times"], out["train_cpu"], out["train_first"] = _time_steps(
+            train, sync, args.warmup, args.steps)
+        out["train_peak_rss_mib"] = _rss_mib()
+    if args.device == "cuda":
+        out["gpu_mib"] = xp.get_default_memory_pool().total_bytes() / 2**20   # held by the pool
+    if args.profile:
+        E.manual_seed(0)
+        with Profiler(model) as prof:
+            train()
+            sync()
+        out["profile_table"] = prof.table()
+        out["profile"] = prof.by_scope()
+    return out
+
+
+def _worker_torch(args) -> dict:
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from models.googlenet import GoogLeNet
+
+    dev = torch.device(args.device)
+    ours = GoogLeNet(num_classes=args.num_classes, seed=0)
+    model = torch_googlenet(args.num_classes)
+    model.load_ours(ours.state_dict())
+    del ours
+    model.to(dev)
+    sync = torch.cuda.synchronize if args.device == "cuda" else _no_sync
+    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    opt = torch.optim.SGD([{"params": weights},
+                           {"params": biases, "lr": 2 * LR, "weight_decay": 0.0}],
+                          lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((args.batch, 3, args.image_size, args.image_size),
+                                             dtype=np.float32)).to(dev)
+    labels = torch.from_numpy(rng.integers(0, args.num_classes, args.batch)).to(dev)
+    ce = torch.nn.functional.cross_entropy
+    base = _current_rss_mib()
+
+    def infer():
+        with torch.no_grad():
+            model(x)
+
+    def train():
+        logits, a1, a2 = model(x)
+        loss = ce(logits, labels) + 0.3 * (ce(a1, labels) + ce(a2, labels))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    out = {"base_rss_mib": base, "threads": torch.get_num_threads()}
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if args.mode in ("both", "infer"):
+        model.eval()
+        out["infer_times"], out["infer_cpu"], out["infer_first"] = _time_steps(
+            infer, sync, args.warmup, args.steps)
+        out["infer_peak_rss_mib"] = _rss_mib()
+        model.train()
+    if args.mode in ("both", "train"):
+        out["train_times"], out["train_cpu"], out["train_first"] = _time_steps(
+            train, sync, args.warmup, args.steps)
+        out["train_peak_rss_mib"] = _rss_mib()
+    if args.device == "cuda":
+        out["gpu_mib"] = torch.cuda.max_memory_reserved() / 2**20   # held by the allocator
+    return out
+
+
+def _no_sync():
+    return None
+
+
+def _run_worker(framework: str, batch: int, args) -> dict:
+    cmd = [sys.executable, "-m", "bench.train_throughput", "--worker", framework,
+           "--batch-sizes", str(batch), "--device", args.device, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--image-size", str(args.image_size),
+           "--num-classes", str(args.num_classes), "--mode", args.mode]
+    if args.profile and framework == "ours":
+        cmd.append("--profile")
+    env = dict(os.environ)
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+        env["GOOGLENET_CPU_THREADS"] = str(args.threads)
+    if args.openblas_coretype and framework == "ours":
+        env["OPENBLAS_CORETYPE"] = args.openblas_coretype
+    if args.cold_numba_cache and framework == "ours":
+        import tempfile
+        env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
+    proc = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{framework} worker at batch {batch} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- parent
+def sgemm_gflops(n: int = 2048, repeat: int = 5) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def step_flops(image_size: int, num_classes: int) -> tuple[float, float]:
+    """(training step, inference) FLOPs per image, from the model's own MAC counts."""
+    from engine import Profiler, no_grad
+    from models.googlenet import GoogLeNet
+    model = GoogLeNet(num_classes=num_classes, seed=0)
+    x = np.zeros((1, 3, image_size, image_size), np.float32)
+    with no_grad(), Profiler(model) as prof:
+        model(x)
+    train_macs = sum(v["macs"] for v in prof.by_scope().values())
+    first = prof.by_scope()["conv1"]["macs"]
+    model.eval()
+    with no_grad(), Profiler(model) as prof:
+        model(x)
+    infer_macs = sum(v["macs"] for v in prof.by_scope().values())
+    return 2.0 * (3 * train_macs - first), 2.0 * infer_macs
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("numba", "torch", "cupy"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 (absent or broken: just not reported)
+            pass
+    return out
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _summarise(runs: list[dict], batch: int, key: str):
+    times = [t for r in runs for t in r.get(f"{key}_times", [])]
+    if not times:
+        return None
+    return batch / statistics.median(times)
+
+
+def run(args) -> dict:
+    if args.device == "cuda":
+        from engine.backend import require_cuda
+        require_cuda()
+    frameworks = [f for f in args.frameworks.split(",") if f]
+    if "torch" in frameworks and not _torch_available():
+        print("note: torch is not installed; timing ours only")
+        frameworks = [f for f in frameworks if f != "torch"]
+    batches = [int(b) for b in args.batch_sizes.split(",") if b]
+    train_flops, infer_flops = step_flops(args.image_size, args.num_classes)
+    gemm = sgemm_gflops()
+    report = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": "python -m bench.train_throughput " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
+                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+                    "loadavg_start": list(os.getloadavg())},
+        "versions": _versions(),
+        "device": args.device,
+        "settings": {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+                     "image_size": args.image_size, "num_classes": args.num_classes,
+                     "mode": args.mode, "threads": args.threads or "default",
+                     "openblas_coretype": args.openblas_coretype or "default"},
+        "sgemm_gflops": gemm,
+        "train_gflop_per_image": train_flops / 1e9,
+        "infer_gflop_per_image": infer_flops / 1e9,
+        "results": [],
+    }
+    print(f"SGEMM (NumPy, 2048^2 float32): {gemm:.0f} GFLOP/s; training step "
+          f"{train_flops / 1e9:.2f} GFLOP/image, inference {infer_flops / 1e9:.2f} GFLOP/image")
+    profiles = {}
+    for batch in batches:
+        runs = {f: [] for f in frameworks}
+        for r in range(args.rounds):
+            order = frameworks if r % 2 == 0 else frameworks[::-1]
+            for f in order:
+                t0 = time.perf_counter()
+                res = _run_worker(f, batch, args)
+                runs[f].append(res)
+                print(f"  batch {batch} round {r + 1}: {f} done in {time.perf_counter() - t0:.0f} s",
+                      file=sys.stderr)
+                if "profile_table" in res and batch not in profiles:
+                    profiles[batch] = res
+        row = {"batch": batch}
+        for f in frameworks:
+            rr = runs[f]
+            row[f] = {
+                "train_img_s": _summarise(rr, batch, "train"),
+                "infer_img_s": _summarise(rr, batch, "infer"),
+                "train_peak_rss_mib": max((r.get("train_peak_rss_mib", 0) for r in rr), default=None),
+                "infer_peak_rss_mib": max((r.get("infer_peak_rss_mib", 0) for r in rr), default=None),
+                "base_rss_mib": statistics.median(r["base_rss_mib"] for r in rr),
+                "train_first_step_s": rr[0].get("train_first"),
+                "infer_first_step_s": rr[0].get("infer_first"),
+                "train_times_s": [t for r in rr for t in r.get("train_times", [])],
+                "infer_times_s": [t for r in rr for t in r.get("infer_times", [])],
+                "train_cpu_s": [t for r in rr for t in r.get("train_cpu", [])],
+                "infer_cpu_s": [t for r in rr for t in r.get("infer_cpu", [])],
+            }
+            wall, cpu = sum(row[f]["train_times_s"]), sum(row[f]["train_cpu_s"])
+            if wall:
+                row[f]["train_cores_used"] = cpu / wall
+            for k in ("gpu_mib", "threads"):
+                if k in rr[0]:
+                    row[f][k] = rr[0][k]
+            if row[f]["train_img_s"]:
+                row[f]["train_pct_sgemm"] = 100 * row[f]["train_img_s"] * train_flops / 1e9 / gemm
+            if row[f]["infer_img_s"]:
+                row[f]["infer_pct_sgemm"] = 100 * row[f]["infer_img_s"] * infer_flops / 1e9 / gemm
+        if "ours" in row and "torch" in row:
+            o, t = row["ours"], row["torch"]
+            row["ratio"] = {
+                "train": _div(o["train_img_s"], t["train_img_s"]),
+                "infer": _div(o["infer_img_s"], t["infer_img_s"]),
+                "train_peak_rss": _div(t["train_peak_rss_mib"], o["train_peak_rss_mib"]),
+                "gpu_memory": _div(t.get("gpu_mib"), o.get("gpu_mib")),
+                "train_step_memory": _div(t["train_peak_rss_mib"] - t["base_rss_mib"],
+                                          o["train_peak_rss_mib"] - o["base_rss_mib"])
+                if o["train_peak_rss_mib"] and t["train_peak_rss_mib"] else None,
+            }
+        report["results"].append(row)
+    report["machine"]["loadavg_end"] = list(os.getloadavg())
+    for batch, res in profiles.items():
+        report.setdefault("profile", {})[str(batch)] = res["profile"]
+        print(f"\nPer-layer times of one training step, ours, batch {batch} (ms):")
+        print(res["profile_table"])
+    print()
+    print(format_table(report))
+    return report
+
+
+def _div(a, b):
+    return a / b if a and b else None
+
+
+def format_table(report: dict) -> str:
+    st = report["settings"]
+    lines = [f"device {report['device']}, {report['machine']['cores']} cores ({report['machine']['cpu']}); "
+             f"threads {st['threads']}, OPENBLAS_CORETYPE for ours {st['openblas_coretype']}; "
+             f"medians of {st['steps']} steps x {st['rounds']} round(s) after {st['warmup']} warm-up",
+             f"{'batch':>5} {'framework':<9} {'train img/s':>11} {'%sgemm':>7} {'cores':>5} "
+             f"{'infer img/s':>11} {'%sgemm':>7} {'peak RSS MiB':>12} {'base MiB':>9} {'step MiB':>9}"]
+    for row in report["results"]:
+        for f in FRAMEWORKS:
+            if f not in row:
+                continue
+            v = row[f]
+            peak = v["train_peak_rss_mib"] or v["infer_peak_rss_mib"]
+            lines.append(
+                f"{row['batch']:>5} {f:<9} {_fmt(v['train_img_s'], 11, 2)} "
+                f"{_fmt(v.get('train_pct_sgemm'), 6, 1)}% {_fmt(v.get('train_cores_used'), 5, 2)} "
+                f"{_fmt(v['infer_img_s'], 11, 2)} "
+                f"{_fmt(v.get('infer_pct_sgemm'), 6, 1)}% {_fmt(peak, 12, 0)} "
+                f"{_fmt(v['base_rss_mib'], 9, 0)} {_fmt(peak - v['base_rss_mib'] if peak else None, 9, 0)}")
+        if "ratio" in row:
+            r = row["ratio"]
+            lines.append(f"{row['batch']:>5} {'ratio':<9} {_fmt(r['train'], 10, 2)}x {'':>7} {'':>5} "
+                         f"{_fmt(r['infer'], 10, 2)}x {'':>7} {_fmt(r['train_peak_rss'], 11, 2)}x "
+                         f"{'':>9} {_fmt(r['train_step_memory'], 8, 2)}x")
+    for row in report["results"]:
+        if "ours" in row and "torch" in row and row["ours"].get("gpu_mib"):
+            lines.append(f"{row['batch']:>5} GPU memory held at the end (MiB): ours "
+                         f"{row['ours']['gpu_mib']:.0f}, torch {row['torch'].get('gpu_mib', 0):.0f}")
+    lines.append("ratio: ours/torch img/s; torch/ours memory (above 1: ours is faster / smaller). "
+                 "cores: process CPU time / wall time while training (below the thread count: "
+                 "the machine was busy or threads waited)")
+    return "\n".join(lines)
+
+
+def _fmt(v, width, digits):
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.{digits}f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.train_throughput",
+        description="GoogLeNet training-step and inference throughput (img/s) and peak memory, "
+                    "ours against PyTorch in the same run.",
+        epilog="Each framework runs in its own subprocess; see the module docstring for the method.")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu: NumPy + Numba kernels vs PyTorch CPU; cuda: CuPy vs PyTorch CUDA "
+                         "(needs CuPy and a GPU)")
+    ap.add_argument("--batch-sizes", default="8,32", help="comma-separated batch sizes (default 8,32)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement (default 3)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed warm-up steps before them (default 1)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run each framework this many times, alternating (default 1)")
+    ap.add_argument("--mode", choices=("both", "train", "infer"), default="both",
+                    help="time training steps, inference, or both (default)")
+    ap.add_argument("--frameworks", default="ours,torch",
+                    help="comma-separated subset of ours,torch (default both; torch is skipped "
+                         "when not installed)")
+    ap.add_argument("--image-size", type=int, default=224, help="input side (default 224)")
+    ap.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print ours' per-layer forward/backward times of one training "
+                         "step (engine.Profiler), per batch size")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for both frameworks (GOOGLENET_CPU_THREADS for ours, "
+                         "torch.set_num_threads for torch); default: each one's default, all "
+                         "cores")
+    ap.add_argument("--openblas-coretype", default="", metavar="NAME",
+                    help="run ours with OPENBLAS_CORETYPE=NAME (e.g. SkylakeX: OpenBLAS picks "
+                         "its AVX2 Haswell kernels on AVX-512 CPUs it does not recognise, such "
+                         "as AMD Zen 5); default: unset")
+    ap.add_argument("--cold-numba-cache", action="store_true",
+                    help="run ours with an empty Numba cache, so the first step includes "
+                         "compiling every kernel (reported as the first-step time)")
+    ap.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    ap.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        args.batch = int(args.batch_sizes.split(",")[0])
+        res = (_worker_ours if args.worker == "ours" else _worker_torch)(args)
+        print(json.dumps(res))
+        return 0
+    try:
+        report = run(args)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""The CPU kernels' lab: each kernel's first version beside the promoted one, both validated
+against the plain NumPy path, then timed on GoogLeNet's shapes.
+
+    python -m kernels.cpu.lab                  # batch 8, every kernel, one thread
+    python -m kernels.cpu.lab --batch 32 --only pool,lrn
+
+Version 1 of each kernel is the direct transcription: per-element signed indexing
+(``col[r, base + q] = x[n, c, hh, ww] if inside else 0``), one window scanned tap by tap per
+output, LRN per element in float64 with ``pow``, under Numba's default ``error_model``.
+Version 2 is what ``kernels.cpu`` runs. What changed (timings: ``docs/performance_cpu.md``):
+
+* ``error_model="numpy"``: Python's error model checks every float division for zero,
+  which keeps loops with a division scalar;
+* unsigned indices (``loops.py``): a signed index that LLVM cannot prove >= 0 keeps Numba's
+  negative-index wrap-around select in the loop, which blocks vectorisation; on the same
+  loop structure, im2col ran 3.6x faster with unsigned indices;
+* max pooling over -inf padded planes, one long loop per tap (stride 1) or per row and
+  column pass (stride 2, the stride a compile-time constant), instead of window by window;
+* LRN by blocks of pixels, channel by channel, in the data's dtype, ``s ** 0.75`` as
+  ``sqrt(s) * sqrt(sqrt(s))``.
+
+Times are per call over the whole batch on one thread (``time.thread_time``, median of
+``--repeat``), so a busy machine disturbs them less than wall-clock times.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+from numba import njit
+
+from layers import caffe
+from layers.im2col import col2im as np_col2im
+from layers.im2col import conv_out_size
+from layers.im2col import im2col as np_im2col
+
+from . import conv, lrn, pool
+
+
+# ---------------------------------------------------------------- version 1 of each
+@njit(cache=True)
+def im2col_v1(x, n0, kh, kw, stride, pad, oh, ow, col):
+    """Per-element signed indexing: one branch per row, the wrap-around select per element."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    p = oh * ow
+    g = col.shape[1] // p
+    for r in range(c * kh * kw):
+        ci, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+        for gi in range(g):
+            for yy in range(oh):
+                hh = yy * stride + i - pad
+                for q in range(ow):
+                    ww = q * stride + j - pad
+                    inside = hh >= 0 and hh < h and ww >= 0 and ww < w
+                    col[r, gi * p + yy * ow + q] = x[n0 + gi, ci, hh, ww] if inside else 0
+
+
+@njit(cache=True)
+def max_pool_forward_v1(x, k, s, pad, y, winner):
+    """One window at a time, taps in order, -inf outside the input."""
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for ni in range(n):
+        for ci in range(c):
+            for yy in range(oh):
+                for xx in range(ow):
+                    best, arg = -np.inf, 0
+                    for t in range(k * k):
+                        hh, ww = yy * s - pad + t // k, xx * s - pad + t % k
+                        v = x[ni, ci, hh, ww] if 0 <= hh < h and 0 <= ww < w else -np.inf
+                        if t == 0 or v > best:
+                            best, arg = v, t
+                    y[ni, ci, yy, xx] = best
+                    winner[ni, ci, yy, xx] = arg
+
+
+@njit(cache=True)
+def max_pool_backward_v1(gy, winner, k, s, pad, gx):
+    n, c, h, w = gx.shape
+    oh, ow = gy.shape[2], gy.shape[3]
+    gx[:] = 0
+    for ni in range(n):
+        for ci in range(c):
+            for yy in range(oh):
+                for xx in range(ow):
+                    t = winner[ni, ci, yy, xx]
+                    hh, ww = yy * s - pad + t // k, xx * s - pad + t % k
+                    if 0 <= hh < h and 0 <= ww < w:
+                        gx[ni, ci, hh, ww] += gy[ni, ci, yy, xx]
+
+
+@njit(cache=True)
+def lrn_forward_v1(x3, size, alpha, beta, k, y3):
+    """Per element: the window sum, then pow, in float64."""
+    n, c, hw = x3.shape
+    half = size // 2
+    for ni in range(n):
+        for ci in range(c):
+            for p in range(hw):
+                acc = 0.0
+                for cc in range(max(0, ci - half), min(c, ci + half + 1)):
+                    v = np.float64(x3[ni, cc, p])
+                    acc += v * v
+                y3[ni, ci, p] = x3[ni, ci, p] * (k + alpha / size * acc) ** -beta
+
+
+# ---------------------------------------------------------------- shapes and harness
+CONVS = [  # (name, C, H, k, stride, pad): every distinct im2col of GoogLeNet (1x1 need none)
+    ("conv1", 3, 224, 7, 2, 3), ("conv2", 64, 56, 3, 1, 1),
+    ("3a.3x3", 96, 28, 3, 1, 1), ("3a.5x5", 16, 28, 5, 1, 2),
+    ("3b.3x3", 128, 28, 3, 1, 1), ("3b.5x5", 32, 28, 5, 1, 2),
+    ("4e.3x3", 160, 14, 3, 1, 1), ("4e.5x5", 32, 14, 5, 1, 2),
+    ("5b.3x3", 192, 7, 3, 1, 1), ("5b.5x5", 48, 7, 5, 1, 2),
+]
+POOLS = [  # (name, C, H, stride, pad)
+    ("pool1", 64, 112, 2, 0), ("pool2", 192, 56, 2, 0), ("pool3", 480, 28, 2, 0),
+    ("pool4", 832, 14, 2, 0), ("3b.pool", 256, 28, 1, 1), ("4e.pool", 528, 14, 1, 1),
+    ("5b.pool", 832, 7, 1, 1),
+]
+LRNS = [("norm1", 64, 56), ("norm2", 192, 56)]
+
+
+def _time(fn, repeat):
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t0)
+    return statistics.median(times)
+
+
+def _row(name, times):
+    return f"{name:<10}" + "".join(f"{t * 1e3:>10.2f}" for t in times) + (
+        f"{times[0] / times[-1]:>9.1f}x" if len(times) > 1 else "")
+
+
+def lab_im2col(n, repeat):
+    print(f"im2col, one call per image (ms for the batch){'v1':>7}{'v2':>10}  v1/v2")
+    rng = np.random.default_rng(0)
+    total = [0.0, 0.0]
+    for name, c, h, k, s, p in CONVS:
+        x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+        oh = conv_out_size(h, k, s, p)
+        cols = [np.empty((c * k * k, oh * oh), np.float32) for _ in range(2)]
+        for fn, col in zip((im2col_v1, conv.im2col), cols):
+            fn(x, 1, k, k, s, p, oh, oh, col)
+            assert np.array_equal(col, np_im2col(x[1:2], k, k, s, p)), name
+        gx = np.empty_like(x)
+        conv.col2im(cols[1], 1, k, k, s, p, oh, oh, gx)
+        assert np.allclose(gx[1], np_col2im(cols[1], (1, c, h, h), k, k, s, p)[0], atol=1e-5)
+        times = [_time(lambda f=fn, col=col: [f(x, i, k, k, s, p, oh, oh, col) for i in range(n)],
+                       repeat) for fn, col in zip((im2col_v1, conv.im2col), cols)]
+        total = [a + b for a, b in zip(total, times)]
+        print(_row(name, times))
+    print(_row("total", total))
+
+
+def lab_pool(n, repeat):
+    print(f"max pool forward | backward (ms)   {'v1':>10}{'v2':>10}  v1/v2")
+    rng = np.random.default_rng(1)
+    from layers.pooling import MaxPool2dFunction
+    totals = [[0.0, 0.0], [0.0, 0.0]]
+    for name, c, h, s, p in POOLS:
+        x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+        oh = caffe.pooled_size(h, 3, s, p)
+        ref = MaxPool2dFunction(3, s, p)
+        import kernels.cpu as cpu
+        with cpu.use(False):
+            y_ref = ref.forward(x)
+        outs = []
+        for fn in (max_pool_forward_v1, pool.max_pool_forward):
+            y, wn = np.empty((n, c, oh, oh), np.float32), np.empty((n, c, oh, oh), np.uint8)
+            fn(x, 3, s, p, y, wn)
+            assert np.array_equal(y, y_ref) and np.array_equal(wn, ref.winner), name
+            outs.append((y, wn))
+        fwd = [_time(lambda f=fn, o=o: f(x, 3, s, p, *o), repeat)
+               for fn, o in zip((max_pool_forward_v1, pool.max_pool_forward), outs)]
+        gx = np.empty_like(x)
+        y, wn = outs[1]
+        bwd = [_time(lambda f=fn: f(y, wn, 3, s, p, gx), repeat)
+               for fn in (max_pool_backward_v1, pool.max_pool_backward)]
+        for tot, t in zip(totals, (fwd, bwd)):
+            tot[0] += t[0]
+            tot[1] += t[1]
+        print(_row(name, fwd) + "  |" + _row("", bwd)[10:])
+    print(_row("total", totals[0]) + "  |" + _row("", totals[1])[10:])
+
+
+def lab_lrn(n, repeat):
+    print(f"LRN forward (ms)                  {'v1':>10}{'v2':>10}  v1/v2;  v2 backward")
+    rng = np.random.default_rng(2)
+    from layers.lrn import LRNFunction
+    import kernels.cpu as cpu
+    for name, c, h in LRNS:
+        x = (rng.standard_normal((n, c, h * h)) * 10).astype(np.float32)
+        with cpu.use(False):
+            y_ref = LRNFunction().forward(x.reshape(n, c, h, h)).reshape(n, c, h * h)
+        consts = lrn.constants(np.float32, caffe.LRN_SIZE, caffe.LRN_ALPHA, caffe.LRN_BETA,
+                               caffe.LRN_K)
+        y1, y2, gx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+        args = (caffe.LRN_SIZE, caffe.LRN_ALPHA, caffe.LRN_BETA, caffe.LRN_K)
+        lrn_forward_v1(x, *args, y1)
+        lrn.lrn_forward(x, caffe.LRN_SIZE, *consts, y2)
+        for y in (y1, y2):
+            assert np.allclose(y, y_ref, rtol=1e-5, atol=1e-6), name
+        times = [_time(lambda: lrn_forward_v1(x, *args, y1), repeat),
+                 _time(lambda: lrn.lrn_forward(x, caffe.LRN_SIZE, *consts, y2), repeat)]
+        back = _time(lambda: lrn.lrn_backward(x, y2, caffe.LRN_SIZE, *consts, gx), repeat)
+        print(_row(name, times) + f"{back * 1e3:>12.2f}")
+
+
+LABS = {"im2col": lab_im2col, "pool": lab_pool, "lrn": lab_lrn}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kernels.cpu.lab", description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=8, help="images per call (default 8)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed calls per median (default 5)")
+    ap.add_argument("--only", default=",".join(LABS), help=f"subset of {','.join(LABS)}")
+    args = ap.parse_args(argv)
+    for name in args.only.split(","):
+        LABS[name](args.batch, args.repeat)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

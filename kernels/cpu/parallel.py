@@ -1,0 +1,185 @@
+"""All cores on one layer call: a pool of threads over runs of images, single-threaded BLAS
+inside.
+
+A layer's work splits into *chunks* of whole images; the chunks are dealt into contiguous
+*runs* (two per thread), and the calling thread and the pool's threads take runs as they
+come free. Each run
+processes its chunks in order and may return a partial result (a convolution's weight
+gradient), which :func:`run` hands back in run order, so reductions add in a fixed order:
+results do not depend on which thread ran what.
+
+Why not multi-threaded BLAS plus ``numba.prange`` inside each kernel: every GEMM and every
+parallel loop then ends in a barrier between threads, a few hundred per training step. On a
+quiet machine that costs little, but when another process takes a core, each barrier waits
+for a descheduled thread, and the step ran 8x slower in our measurements (see
+``docs/performance_cpu.md``). Whole images per thread need one join per layer call, and a
+thread that falls behind leaves its remaining runs to the other. Single-threaded OpenBLAS
+also runs these GEMM shapes at nearly its peak per core.
+
+The pool owns the cores: on its first use, OpenBLAS is set to one thread for the whole
+process, through its C API found with ctypes (:func:`release_cores` gives BLAS its threads
+back). Setting it only around the pool's work is not enough: the small GEMMs left on the main
+thread (the linear layers) then wake BLAS's threads, which spin and fight the pool's. When
+the BLAS library cannot be controlled (not OpenBLAS, not Linux), GEMM-bearing work runs on
+the calling thread with BLAS's own threads instead.
+
+``GOOGLENET_CPU_THREADS`` sets the number of threads (default: the CPUs this process may use).
+The Numba kernels the threads call are compiled with ``nogil=True``.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+
+def _default_threads() -> int:
+    env = os.environ.get("GOOGLENET_CPU_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+THREADS = _default_threads()
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def threads() -> int:
+    return THREADS
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(1, THREADS - 1), thread_name_prefix="googlenet-cpu")
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()   # a forked child has none of the threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+# ------------------------------------------------------------------ OpenBLAS threads
+class _Blas:
+    """OpenBLAS's get/set_num_threads, found in the loaded library (or None)."""
+
+    def __init__(self):
+        self.get = self.set = None
+        for path in _loaded_libraries():
+            if "openblas" not in os.path.basename(path).lower():
+                continue
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for suffix in ("64_", "_64_", ""):
+                for prefix in ("scipy_openblas", "openblas"):
+                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                    set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                    if get is not None and set_ is not None:
+                        get.restype, get.argtypes = ctypes.c_int, []
+                        set_.restype, set_.argtypes = None, [ctypes.c_int]
+                        self.get, self.set = get, set_
+                        return
+
+
+def _loaded_libraries():
+    import numpy  # noqa: F401  (BLAS is loaded with NumPy's core)
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if ".so" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths if p.startswith("/"))
+
+
+_blas: _Blas | None = None
+
+
+def _blas_api() -> _Blas:
+    global _blas
+    if _blas is None:
+        _blas = _Blas()
+    return _blas
+
+
+def blas_controllable() -> bool:
+    return _blas_api().set is not None
+
+
+_blas_threads_before: int | None = None
+
+
+def claim_cores() -> None:
+    """Hold OpenBLAS at one thread from now on (done by the first :func:`run`)."""
+    global _blas_threads_before
+    api = _blas_api()
+    if api.set is not None and _blas_threads_before is None and THREADS > 1:
+        _blas_threads_before = api.get()
+        api.set(1)
+
+
+def release_cores() -> None:
+    """Give OpenBLAS back the thread count it had before :func:`claim_cores`."""
+    global _blas_threads_before
+    if _blas_threads_before is not None:
+        _blas_api().set(_blas_threads_before)
+        _blas_threads_before = None
+
+
+# ------------------------------------------------------------------ chunks and runs
+def chunks(n: int, per_chunk: int) -> list[tuple[int, int]]:
+    """[(n0, g), ...]: ``n`` images in chunks of ``per_chunk`` (the last may be smaller)."""
+    return [(n0, min(per_chunk, n - n0)) for n0 in range(0, n, per_chunk)]
+
+
+def run(body, items: list, blas: bool = False, groups: int | None = None) -> list:
+    """Call ``body(run_of_items)`` for contiguous runs of ``items`` on the pool; return the
+    results in run order.
+
+    ``groups`` runs (default: 2 per thread, at most one per item), so that a thread that is
+    slowed down leaves its share to the others. The calling thread works too: it and
+    THREADS - 1 pool threads take the next run from a shared counter until none is left.
+    ``blas=True`` says the body calls BLAS: when BLAS's threads cannot be held at one,
+    everything then runs on the calling thread.
+    """
+    if not items:
+        return []
+    k = min(len(items), groups or 2 * THREADS)
+    runs = [items[len(items) * i // k:len(items) * (i + 1) // k] for i in range(k)]
+    if THREADS == 1 or k == 1 or (blas and not blas_controllable()):
+        return [body(r) for r in runs]
+    claim_cores()
+    results = [None] * k
+    next_run = itertools.count()     # next() on a count is atomic under the GIL
+
+    def work():
+        while (i := next(next_run)) < k:
+            results[i] = body(runs[i])
+
+    helpers = [_executor().submit(work) for _ in range(min(THREADS, k) - 1)]
+    try:
+        work()
+    finally:
+        for f in helpers:            # wait for them even if this thread's body raised
+            f.exception()
+    for f in helpers:
+        f.result()                   # re-raise a helper's exception
+    return results
+
+
+def over_images(n: int, fn) -> None:
+    """``fn(images)`` for contiguous slices of ``range(n)`` on the pool (kernels without BLAS)."""
+    run(lambda run_: fn(slice(run_[0], run_[-1] + 1)), list(range(n)))

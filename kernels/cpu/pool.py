@@ -1,0 +1,193 @@
+"""Pooling kernels: max pooling (maximum and winning tap; backward by scatter to the winners)
+and average pooling.
+
+Same semantics as ``layers.pooling`` (Caffe): windows of k x k with stride s start at
+``oh*s - pad``; for max pooling, positions outside the input (padding and the extra
+rows/columns ceil mode reaches) count as -inf, taps are scanned in order t = i*k + j and the
+first maximum wins (strict ``>``), so ``winner`` (uint8, t < 256) is identical to the NumPy
+path's.
+
+Max pooling's forward copies each plane into a -inf padded buffer laid out so that every tap
+(stride 1) or every row and column pass (stride 2) is one long loop, which vectorises.
+Backward: ``gx[window start + (t // k, t % k)] += gy`` for every output, plane by plane, in
+raster order of the outputs. Callers split the batch over threads by whole images
+(``parallel``), so overlapping windows (3x3/2, 3x3/1) need no atomics and the sum order is
+fixed.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .loops import copy, u64
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _offer(best, arg, b0, src, s0, stride, n, tap):
+    """Candidates src[s0 + t*stride] for outputs b0 + t, t < n: keep each if strictly better."""
+    for t in range(n):
+        v = src[s0 + t * stride]
+        better = v > best[b0 + t]
+        best[b0 + t] = v if better else best[b0 + t]
+        arg[b0 + t] = tap if better else arg[b0 + t]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _max_pool_stride1(x, k, pad, y, winner):
+    """Stride 1 (the Inception modules' 3x3/1 pools): each plane is copied into a -inf padded
+    buffer of width wp, where output (yy, xx) at flat position q = yy*wp + xx reads
+    q + i*wp + j for tap (i, j). Every tap is then one long contiguous loop over the whole
+    plane (the wp - ow columns past each row's end are computed and dropped), tap 0 giving
+    the initial values exactly as the tap scan does."""
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    hp, wp = oh + k - 1, ow + k - 1
+    xpad = np.empty(hp * wp, dtype=x.dtype)
+    m = (oh - 1) * wp + ow
+    best = np.empty(m, dtype=x.dtype)
+    arg = np.empty(m, dtype=np.uint8)
+    for t in range(u64(hp * wp)):
+        xpad[t] = -np.inf
+    for ni in range(n):
+        for ci in range(c):
+            plane, y_plane, w_plane = x[ni, ci], y[ni, ci], winner[ni, ci]
+            for hh in range(h):
+                copy(xpad, (hh + pad) * wp + pad, plane[hh], 0, w)
+            copy(best, 0, xpad, 0, m)
+            for t in range(u64(m)):
+                arg[t] = 0
+            for tap in range(1, k * k):
+                _offer(best, arg, u64(0), xpad, u64((tap // k) * wp + tap % k), u64(1),
+                       u64(m), np.uint8(tap))
+            for yy in range(oh):
+                copy(y_plane[yy], 0, best, yy * wp, ow)
+                copy(w_plane[yy], 0, arg, yy * wp, ow)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _row_pass(xpad, k, stride, hb, harg):
+    """hb[q] = max_j xpad[stride*q + j] (first maximum), harg[q] = its j."""
+    for q in range(u64(hb.size)):
+        hb[q] = xpad[q * stride]
+        harg[q] = 0
+    for j in range(1, k):
+        _offer(hb, harg, u64(0), xpad, u64(j), stride, u64(hb.size), np.uint8(j))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _max_pool_separable(x, k, s, pad, y, winner):
+    """Any stride (GoogLeNet's 3x3/2 pools), in two passes over a -inf padded plane:
+
+    * along rows: hb[r, xx] = max_j xpad[r, s*xx + j] and its j. With the padded width
+      ``wp = s * wq``, position (r, xx) of hb is q = r*wq + xx and reads xpad[s*q + j]: one
+      long loop per j over all rows at once;
+    * down columns: y[yy, xx] = max_i hb[s*yy + i, xx], tap i*k + (its j).
+
+    The first maximum of the rows' first maxima is the first maximum in tap order, so the
+    winners are the tap scan's (NaNs aside)."""
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    wq = max(ow - 1 + (k + s - 1) // s, (w + pad + s - 1) // s)
+    wp = s * wq
+    rows = max((oh - 1) * s + k, h + pad)
+    m = rows * wq
+    xpad = np.empty(rows * wp + k, dtype=x.dtype)   # + k: the last row's taps read past it
+    hb = np.empty(m, dtype=x.dtype)
+    harg = np.empty(m, dtype=np.uint8)
+    for t in range(u64(xpad.size)):
+        xpad[t] = -np.inf
+    for ni in range(n):
+        for ci in range(c):
+            plane, y_plane, w_plane = x[ni, ci], y[ni, ci], winner[ni, ci]
+            for hh in range(h):
+                copy(xpad, (hh + pad) * wp + pad, plane[hh], 0, w)
+            if s == 2:      # a constant stride: LLVM loads pairs and shuffles
+                _row_pass(xpad, k, u64(2), hb, harg)
+            else:
+                _row_pass(xpad, k, u64(s), hb, harg)
+            for yy in range(oh):
+                y_row, w_row = y_plane[yy], w_plane[yy]
+                r0 = u64(yy * s * wq)
+                for xx in range(u64(ow)):
+                    y_row[xx] = hb[r0 + xx]
+                    w_row[xx] = harg[r0 + xx]
+                for i in range(1, k):
+                    ri = u64((yy * s + i) * wq)
+                    ik = np.uint8(i * k)
+                    for xx in range(u64(ow)):
+                        v = hb[ri + xx]
+                        better = v > y_row[xx]
+                        y_row[xx] = v if better else y_row[xx]
+                        w_row[xx] = ik + harg[ri + xx] if better else w_row[xx]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def max_pool_forward(x, k, s, pad, y, winner):
+    """x (N, C, H, W) -> y (N, C, OH, OW) and winner (N, C, OH, OW) uint8."""
+    if s == 1:
+        _max_pool_stride1(x, k, pad, y, winner)
+    else:
+        _max_pool_separable(x, k, s, pad, y, winner)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def max_pool_backward(gy, winner, k, s, pad, gx):
+    """Overwrite gx (N, C, H, W) with the scatter of gy (N, C, OH, OW) to each window's winner."""
+    n, c, h, w = gx.shape
+    oh, ow = gy.shape[2], gy.shape[3]
+    ti = np.empty(k * k, dtype=np.int64)      # tap -> (row, column) in its window
+    tj = np.empty(k * k, dtype=np.int64)
+    for t in range(k * k):
+        ti[t], tj[t] = t // k, t % k
+    for ni in range(n):
+        for ci in range(c):
+            plane = gx[ni, ci].reshape(h * w)
+            g_plane, w_plane = gy[ni, ci], winner[ni, ci]
+            for t in range(u64(h * w)):
+                plane[t] = 0
+            for yy in range(oh):
+                g_row, w_row = g_plane[yy], w_plane[yy]
+                h0 = yy * s - pad
+                for xx in range(ow):
+                    tap = w_row[xx]
+                    hh = h0 + ti[tap]
+                    ww = xx * s - pad + tj[tap]
+                    if hh >= 0 and hh < h and ww >= 0 and ww < w:
+                        plane[u64(hh * w + ww)] += g_row[xx]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def avg_pool_forward(x, k, s, pad, dh, dw, y):
+    """y[yy, xx] = (sum of the window's taps inside x, in tap order) / (dh[yy] * dw[xx]),
+    Caffe's divisors (``caffe.avg_pool_divisors``) given per axis; sums in float64."""
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for ni in range(n):
+        for ci in range(c):
+            plane, y_plane = x[ni, ci], y[ni, ci]
+            for yy in range(oh):
+                for xx in range(ow):
+                    acc = 0.0
+                    for i in range(max(0, pad - yy * s), min(k, h + pad - yy * s)):
+                        row = plane[yy * s - pad + i]
+                        for j in range(max(0, pad - xx * s), min(k, w + pad - xx * s)):
+                            acc += row[xx * s - pad + j]
+                    y_plane[yy, xx] = acc / (dh[yy] * dw[xx])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def avg_pool_backward(gy, k, s, pad, dh, dw, gx):
+    """Overwrite gx with every output's gy / divisor spread over its window's taps."""
+    n, c, h, w = gx.shape
+    oh, ow = gy.shape[2], gy.shape[3]
+    for ni in range(n):
+        for ci in range(c):
+            plane, g_plane = gx[ni, ci], gy[ni, ci]
+            plane[:, :] = 0
+            for yy in range(oh):
+                for xx in range(ow):
+                    share = g_plane[yy, xx] / (dh[yy] * dw[xx])
+                    for i in range(max(0, pad - yy * s), min(k, h + pad - yy * s)):
+                        row = plane[yy * s - pad + i]
+                        for j in range(max(0, pad - xx * s), min(k, w + pad - xx * s)):
+                            row[xx * s - pad + j] += share

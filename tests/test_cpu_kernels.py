@@ -1,0 +1,316 @@
+"""The Numba CPU kernels (kernels/cpu) against the plain NumPy path of the same layers.
+
+Every layer that dispatches to a kernel runs twice on the same inputs, once with
+``kernels.cpu.use(True)`` and once with ``use(False)`` (the NumPy code that tests/test_layers.py
+checks against naive loops), on hypothesis-drawn shapes in float32 and float64, forward and
+backward, with strided inputs and gradients like the ones a concatenation hands back. The
+max-pool winners must be identical, ties included; everything else agrees to rounding.
+Also: the pool's run order and determinism, workspaces, the switch, and GoogLeNet end to end.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels.cpu as cpu
+import layers as L
+from engine import Tensor
+from kernels.cpu import parallel, workspace
+from layers.pooling import MaxPool2dFunction
+
+pytestmark = pytest.mark.skipif(not cpu._numba_importable(), reason="Numba is not importable")
+
+
+@pytest.fixture(autouse=True)
+def kernels_on():
+    """Every test here runs with the kernels on, whatever GOOGLENET_CPU_KERNELS says."""
+    with cpu.use(True):
+        yield
+
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+FEW = settings(max_examples=15, deadline=None)
+
+
+def run_both(fn, inputs, gy_seed=1, gy_view=False):
+    """[output, grads...] of ``fn(*inputs)`` with the kernels on and off (NumPy arrays)."""
+    results = []
+    for flag in (True, False):
+        with cpu.use(flag):
+            ts = [Tensor(a.copy() if a.flags.c_contiguous else a, requires_grad=True)
+                  for a in inputs]
+            y = fn(*ts)
+            gy = np.random.default_rng(gy_seed).standard_normal(y.shape).astype(y.dtype)
+            if gy_view:  # a strided view, as a concatenation's backward hands out
+                wide = np.zeros((y.shape[0], y.shape[1] + 3) + y.shape[2:], y.dtype)
+                wide[:, 2:2 + y.shape[1]] = gy
+                gy = wide[:, 2:2 + y.shape[1]]
+            y.backward(gy)
+            results.append([y.data] + [t.grad for t in ts])
+    return results
+
+
+def assert_close(a, b, dtype):
+    tol = TOL[dtype]
+    for u, v in zip(a, b):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        scale = max(float(np.abs(v).max()), 1.0)
+        np.testing.assert_allclose(u, v, rtol=tol, atol=tol * scale)
+
+
+# ------------------------------------------------------------------ convolution
+conv_cases = st.tuples(
+    st.integers(1, 5), st.integers(1, 6), st.integers(1, 7),   # n, c, o
+    st.integers(1, 12), st.integers(1, 12),                     # h, w
+    st.sampled_from([1, 2, 3, 5, 7]), st.integers(1, 3), st.integers(0, 3),  # k, stride, pad
+    st.booleans(), st.booleans())                               # relu, bias
+
+
+@FEW
+@given(conv_cases, st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
+def test_conv_kernels_match_numpy(case, dtype, seed):
+    n, c, o, h, w, k, s, p, relu, bias = case
+    if k > h + 2 * p or k > w + 2 * p:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((o, c, k, k)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    inputs = [x, wt, b] if bias else [x, wt]
+    ours, ref = run_both(lambda *a: L.conv2d(*a, stride=s, pad=p, relu=relu), inputs,
+                         gy_view=bool(seed % 2))
+    assert_close(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("shape,k,s,p", [((9, 16, 7, 7), 1, 1, 0),     # 1x1, chunks of images
+                                         ((3, 8, 4, 4), 1, 1, 0),      # aux: gathered chunks
+                                         ((5, 4, 14, 14), 3, 1, 1),
+                                         ((2, 3, 23, 23), 7, 2, 3)])   # conv1's geometry
+def test_conv_kernels_on_googlenet_like_shapes(shape, k, s, p):
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal(shape).astype(dtype)
+        wt = (rng.standard_normal((6, shape[1], k, k)) * 0.3).astype(dtype)
+        b = rng.standard_normal(6).astype(dtype)
+        ours, ref = run_both(lambda *a: L.conv2d(*a, stride=s, pad=p, relu=True), [x, wt, b])
+        assert_close(ours, ref, dtype)
+
+
+def test_conv_non_contiguous_input_and_no_input_gradient():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 9, 10)).transpose(0, 1, 3, 2)      # strided view
+    w = rng.standard_normal((5, 4, 3, 3))
+    ours, ref = run_both(lambda x, w: L.conv2d(x, w, pad=1, relu=True), [x, w])
+    assert_close(ours, ref, np.float64)
+    with cpu.use(True):
+        img = Tensor(x.copy())
+        wt = Tensor(w, requires_grad=True)
+        L.conv2d(img, wt, pad=1).sum().backward()
+        assert img.grad is None and wt.grad is not None
+
+
+def test_conv_impl_im2col_forces_the_numpy_path(monkeypatch):
+    import kernels.cpu.conv as K
+
+    def boom(*a, **k):
+        raise AssertionError("a Numba kernel ran")
+    monkeypatch.setattr(K, "im2col", boom)
+    x = np.ones((1, 2, 5, 5))
+    L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1, impl="im2col")
+    with pytest.raises(AssertionError, match="a Numba kernel ran"):
+        L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1)
+
+
+def test_im2col_and_col2im_kernels_match_numpy():
+    """The chunk kernels against layers.im2col / col2im for one chunk of images."""
+    from kernels.cpu import conv as K
+    from layers.im2col import col2im, conv_out_size, im2col
+    rng = np.random.default_rng(2)
+    for n, c, h, w, k, s, p in [(3, 2, 9, 8, 3, 1, 1), (2, 3, 11, 7, 5, 2, 2), (2, 1, 6, 6, 2, 3, 0)]:
+        x = rng.standard_normal((n, c, h, w))
+        oh, ow = conv_out_size(h, k, s, p), conv_out_size(w, k, s, p)
+        n0, g = 1, n - 1
+        col = np.empty((c * k * k, g * oh * ow))
+        K.im2col(x, n0, k, k, s, p, oh, ow, col)
+        np.testing.assert_array_equal(col, im2col(x[n0:], k, k, s, p))
+        gcol = rng.standard_normal(col.shape)
+        gx = np.full(x.shape, np.nan)
+        K.col2im(gcol, n0, k, k, s, p, oh, ow, gx)
+        np.testing.assert_allclose(gx[n0:], col2im(gcol, (g, c, h, w), k, k, s, p), rtol=1e-13)
+        assert np.isnan(gx[:n0]).all()          # only the chunk's images are written
+
+
+# ---------------------------------------------------------------------- pooling
+pool_cases = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 13), st.integers(1, 13),
+                       st.integers(1, 5), st.integers(1, 3), st.integers(0, 2), st.booleans())
+
+
+@FEW
+@given(pool_cases, st.sampled_from([np.float32, np.float64]), st.booleans(),
+       st.integers(0, 2**31 - 1))
+def test_max_pool_kernels_match_numpy(case, dtype, ties, seed):
+    n, c, h, w, k, s, p, ceil = case
+    if p >= k or k > h + 2 * p or k > w + 2 * p or s > k:
+        return
+    rng = np.random.default_rng(seed)
+    if ties:   # few distinct values: many windows hold several maxima
+        x = rng.integers(-2, 3, (n, c, h, w)).astype(dtype)
+    else:
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    ours, ref = run_both(lambda x: L.max_pool2d(x, k, s, p, ceil), [x], gy_view=ties)
+    np.testing.assert_array_equal(ours[0], ref[0])
+    assert_close(ours[1:], ref[1:], dtype)
+    winners = []
+    for flag in (True, False):
+        with cpu.use(flag):
+            f = MaxPool2dFunction(k, s, p, ceil)
+            f.forward(x)
+            winners.append(f.winner)
+    np.testing.assert_array_equal(winners[0], winners[1])
+
+
+@FEW
+@given(pool_cases, st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
+def test_avg_pool_kernels_match_numpy(case, dtype, seed):
+    n, c, h, w, k, s, p, ceil = case
+    if p >= k or k > h + 2 * p or k > w + 2 * p or s > k:
+        return
+    x = np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(dtype)
+    ours, ref = run_both(lambda x: L.avg_pool2d(x, k, s, p, ceil), [x], gy_view=bool(seed % 2))
+    assert_close(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("shape,s,p", [((2, 3, 112, 112), 2, 0), ((2, 5, 14, 14), 1, 1),
+                                       ((3, 4, 7, 7), 1, 1), ((2, 3, 14, 14), 2, 0)])
+def test_max_pool_kernels_on_googlenet_shapes(shape, s, p):
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    ours, ref = run_both(lambda x: L.max_pool2d(x, 3, s, p), [x])
+    np.testing.assert_array_equal(ours[0], ref[0])
+    assert_close(ours[1:], ref[1:], np.float32)
+
+
+# -------------------------------------------------------------------------- LRN
+@FEW
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 300), st.sampled_from([1, 3, 5, 7]),
+       st.sampled_from([(1e-4, 0.75, 1.0), (0.7, 0.75, 1.5), (0.5, 0.6, 2.0)]),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
+def test_lrn_kernels_match_numpy(n, c, hw, size, params, dtype, seed):
+    alpha, beta, k = params
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, 1, hw)) * 3).astype(dtype)
+    ours, ref = run_both(lambda x: L.lrn(x, size, alpha, beta, k), [x], gy_view=bool(seed % 2))
+    assert_close(ours, ref, dtype)
+
+
+def test_lrn_kernels_on_googlenet_shape():
+    x = np.random.default_rng(4).standard_normal((2, 64, 56, 56)).astype(np.float32) * 10
+    ours, ref = run_both(lambda x: L.lrn(x), [x])
+    assert_close(ours, ref, np.float32)
+
+
+# ------------------------------------------------------------- pool and buffers
+def test_parallel_run_keeps_run_order_and_covers_every_item():
+    items = list(range(23))
+    out = parallel.run(lambda run: list(run), items)
+    assert [i for run in out for i in run] == items
+    assert len(out) == min(len(items), 2 * parallel.threads())
+    assert parallel.chunks(7, 3) == [(0, 3), (3, 3), (6, 1)]
+
+
+def test_parallel_run_reraises_a_runs_exception():
+    def body(run):
+        if 17 in run:
+            raise ValueError("run with 17")
+        return run
+    with pytest.raises(ValueError, match="run with 17"):
+        parallel.run(body, list(range(23)))
+    assert sum(parallel.run(lambda run: len(run), list(range(9)))) == 9   # still usable
+
+
+def test_results_are_deterministic():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 8, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    grads = []
+    for _ in range(2):
+        xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+        y = L.max_pool2d(L.lrn(L.conv2d(xt, wt, pad=1, relu=True)), 3, 2)
+        y.backward(np.ones(y.shape, np.float32))
+        grads.append((xt.grad, wt.grad))
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_workspace_is_reused_per_slot():
+    a = workspace.get("test-slot", (3, 4), np.float32)
+    b = workspace.get("test-slot", (2, 5), np.float32)
+    assert np.shares_memory(a, b)
+    c = workspace.get("test-slot", (100, 100), np.float32)   # grows
+    assert c.shape == (100, 100) and workspace.nbytes() >= c.nbytes
+
+
+def test_switch():
+    with cpu.use(False):
+        assert not cpu.enabled()
+        with cpu.use(True):
+            assert cpu.enabled()
+        assert not cpu.enabled()
+    assert cpu.enabled()
+    assert [cpu._env_flag(v) for v in ("0", "false", "off", "no", "1", "", "yes")] == \
+        [False, False, False, False, True, True, True]
+
+
+# ------------------------------------------------------------------ whole model
+def _googlenet_both(dtype):
+    from models.googlenet import GoogLeNet, training_loss
+    import engine as E
+    x = np.random.default_rng(6).standard_normal((3, 3, 64, 64)).astype(dtype)
+    labels = np.array([1, 4, 2])
+    runs = []
+    for flag in (True, False):
+        with cpu.use(flag):
+            m = GoogLeNet(num_classes=5, dtype=dtype, seed=3)
+            E.manual_seed(7)      # the same dropout masks
+            outs = m(x)
+            loss, _ = training_loss(outs, labels)
+            loss.backward()
+            runs.append([o.numpy() for o in outs] + [p.grad for p in m.parameters()])
+    rel = [np.linalg.norm((a - b).astype(np.float64)) / np.linalg.norm(b.astype(np.float64))
+           for a, b in zip(*runs)]
+    return rel[:3], rel[3:]
+
+
+def test_googlenet_training_step_matches_numpy_path():
+    """Logits and every gradient of GoogLeNet at 64x64, kernels on and off. In float64 they
+    agree to rounding; in float32 a near-tie in a max pool may go either way (both are valid
+    subgradients, as tests/test_googlenet.py explains), so gradients agree to 1e-2."""
+    outs, grads = _googlenet_both("float64")
+    assert max(outs) < 1e-12 and max(grads) < 1e-10
+    outs, grads = _googlenet_both("float32")
+    assert max(outs) < 1e-5 and max(grads) < 1e-2 and np.median(grads) < 1e-3
+
+
+# -------------------------------------------------------------------- the bench
+def test_bench_torch_peer_is_the_same_network():
+    """bench.train_throughput's PyTorch GoogLeNet, with our weights, gives our logits."""
+    torch = pytest.importorskip("torch")
+    from bench.train_throughput import format_table, torch_googlenet
+    from engine import no_grad
+    from models.googlenet import GoogLeNet
+    ours = GoogLeNet(num_classes=10, seed=0)
+    peer = torch_googlenet(10)
+    peer.load_ours(ours.state_dict())
+    ours.eval()
+    peer.eval()
+    x = np.random.default_rng(8).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with no_grad():
+        a = ours(x).numpy()
+    with torch.no_grad():
+        b = peer(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    ours.train()
+    peer.train()
+    assert len(peer(torch.from_numpy(x))) == 3     # logits and both aux heads
+    assert "ratio" in format_table({"device": "cpu", "machine": {"cores": 2, "cpu": "x"},
+                                    "settings": {"threads": 2, "openblas_coretype": "-",
+                                                 "steps": 1, "rounds": 1, "warmup": 1},
+                                    "results": []})
