@@ -52,9 +52,26 @@ def _geometry(op, x, k, s, pad, ceil_mode):
     return oh, ow, extra_h, extra_w
 
 
-class MaxPool2dFunction(Function):
+class _Pool2dFunction(Function):
+    """What max and average pooling share: the window settings, and the backward
+    scatter of a per-tap gradient onto the input pixels that tap read."""
+
     def __init__(self, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True):
         self.k, self.s, self.pad, self.ceil_mode = int(ksize), int(stride), int(pad), ceil_mode
+
+    def _spread(self, xp, tap_grad, oh, ow, dtype):
+        """gx = sum over taps t of ``tap_grad(t)`` (N, C, OH, OW), each added at the strided
+        slice of the (padded) input that tap t covered; the padding is then cropped."""
+        n, c, h, w = self.x_shape
+        k, s, pad = self.k, self.s, self.pad
+        eh, ew = self.pad_extra
+        gpad = xp.zeros((n, c, h + 2 * pad + eh, w + 2 * pad + ew), dtype=dtype)
+        for t in range(k * k):
+            gpad[tap_slice(t // k, t % k, s, oh, ow)] += tap_grad(t)
+        return xp.ascontiguousarray(gpad[:, :, pad:pad + h, pad:pad + w])
+
+
+class MaxPool2dFunction(_Pool2dFunction):
 
     def forward(self, x):
         xp = get_array_module(x)
@@ -82,25 +99,18 @@ class MaxPool2dFunction(Function):
 
     def backward(self, gy):
         xp = get_array_module(gy)
-        n, c, h, w = self.x_shape
         k, s, pad = self.k, self.s, self.pad
-        eh, ew = self.pad_extra
         oh, ow = gy.shape[2:]
         if self.fused:
             from kernels.cpu import parallel, pool
             gx = np.empty(self.x_shape, dtype=gy.dtype)
-            parallel.over_images(n, lambda i: pool.max_pool_backward(
+            parallel.over_images(gy.shape[0], lambda i: pool.max_pool_backward(
                 gy[i], self.winner[i], k, s, pad, gx[i]))
             return gx
-        gpad = xp.zeros((n, c, h + 2 * pad + eh, w + 2 * pad + ew), dtype=gy.dtype)
-        for t in range(k * k):
-            gpad[tap_slice(t // k, t % k, s, oh, ow)] += xp.where(self.winner == t, gy, 0)
-        return xp.ascontiguousarray(gpad[:, :, pad:pad + h, pad:pad + w])
+        return self._spread(xp, lambda t: xp.where(self.winner == t, gy, 0), oh, ow, gy.dtype)
 
 
-class AvgPool2dFunction(Function):
-    def __init__(self, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True):
-        self.k, self.s, self.pad, self.ceil_mode = int(ksize), int(stride), int(pad), ceil_mode
+class AvgPool2dFunction(_Pool2dFunction):
 
     def _axis_divisors(self, h, w, oh, ow, dtype):
         """Caffe's divisors along H and along W; a window's divisor is their product."""
@@ -133,9 +143,8 @@ class AvgPool2dFunction(Function):
 
     def backward(self, gy):
         xp = get_array_module(gy)
-        n, c, h, w = self.x_shape
+        n, _, h, w = self.x_shape
         k, s, pad = self.k, self.s, self.pad
-        eh, ew = self.pad_extra
         oh, ow = gy.shape[2:]
         if self.fused:
             from kernels.cpu import parallel, pool
@@ -145,10 +154,7 @@ class AvgPool2dFunction(Function):
                 gy[i], k, s, pad, dh, dw, gx[i]))
             return gx
         share = gy / self._divisor(xp, h, w, oh, ow, gy.dtype)
-        gpad = xp.zeros((n, c, h + 2 * pad + eh, w + 2 * pad + ew), dtype=gy.dtype)
-        for t in range(k * k):
-            gpad[tap_slice(t // k, t % k, s, oh, ow)] += share
-        return xp.ascontiguousarray(gpad[:, :, pad:pad + h, pad:pad + w])
+        return self._spread(xp, lambda t: share, oh, ow, gy.dtype)
 
 
 def max_pool2d(x, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True) -> Tensor:
