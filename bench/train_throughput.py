@@ -216,7 +216,7 @@ def _worker_ours(args) -> dict:
         xp = require_cuda()
         model.to("cuda")
         sync = xp.cuda.get_current_stream().synchronize
-    opt = SGD(model.param_groups(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((args.batch, 3, args.image_size, args.image_size),
                                        dtype=np.float32))

@@ -40,7 +40,6 @@ reported at the kernel that caused it.
 from __future__ import annotations
 
 import functools
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path

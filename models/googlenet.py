@@ -180,10 +180,6 @@ class GoogLeNet(Module):
                 aux.append(getattr(self, AUX_AFTER[name])(x))
         return (x, *aux) if aux else x
 
-    def param_groups(self):
-        """SGD groups; the Caffe multipliers ride on each Parameter (biases: lr x2, no decay)."""
-        return [{"params": self.parameters()}]
-
 
 def training_loss(outputs, labels, aux_weight: float = caffe.AUX_LOSS_WEIGHT):
     """Main loss + aux_weight * (aux1 + aux2); returns (total, main) tensors."""

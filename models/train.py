@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import layers as L
 from engine import SGD, backend, no_grad
 from models import checkpoint as ckpt
 from models.data import DataLoader, ImageFolder
@@ -77,7 +78,6 @@ def evaluate(model, loader, device: str, desc: str = "val") -> dict:
     model.eval()
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     bar = ProgressBar(len(loader), print_freq=max(1, len(loader)))
-    import layers as L
     with no_grad():
         for i, (x, t) in enumerate(loader, 1):
             logits = model(backend.to_device(x.astype(model.dtype), device))
