@@ -184,6 +184,21 @@ def _current_rss_mib() -> float:
         return _rss_mib()
 
 
+def _measure(args, model, infer, train, sync, out: dict) -> None:
+    """Time inference (in eval mode) and training steps as ``args.mode`` asks, recording
+    the step times, CPU times, first-step time and peak RSS after each into ``out``."""
+    if args.mode in ("both", "infer"):
+        model.eval()
+        out["infer_times"], out["infer_cpu"], out["infer_first"] = _time_steps(
+            infer, sync, args.warmup, args.steps)
+        out["infer_peak_rss_mib"] = _rss_mib()
+        model.train()
+    if args.mode in ("both", "train"):
+        out["train_times"], out["train_cpu"], out["train_first"] = _time_steps(
+            train, sync, args.warmup, args.steps)
+        out["train_peak_rss_mib"] = _rss_mib()
+
+
 def _time_steps(step, sync, warmup: int, steps: int):
     """(wall seconds per step, process CPU seconds per step, first warm-up step's seconds)."""
     first = None
@@ -234,16 +249,7 @@ def _worker_ours(args) -> dict:
         opt.step()
 
     out = {"base_rss_mib": base}
-    if args.mode in ("both", "infer"):
-        model.eval()
-        out["infer_times"], out["infer_cpu"], out["infer_first"] = _time_steps(
-            infer, sync, args.warmup, args.steps)
-        out["infer_peak_rss_mib"] = _rss_mib()
-        model.train()
-    if args.mode in ("both", "train"):
-        out["train_times"], out["train_cpu"], out["train_first"] = _time_steps(
-            train, sync, args.warmup, args.steps)
-        out["train_peak_rss_mib"] = _rss_mib()
+    _measure(args, model, infer, train, sync, out)
     if args.device == "cuda":
         out["gpu_mib"] = xp.get_default_memory_pool().total_bytes() / 2**20   # held by the pool
     if args.profile:
@@ -295,16 +301,7 @@ def _worker_torch(args) -> dict:
     out = {"base_rss_mib": base, "threads": torch.get_num_threads()}
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
-    if args.mode in ("both", "infer"):
-        model.eval()
-        out["infer_times"], out["infer_cpu"], out["infer_first"] = _time_steps(
-            infer, sync, args.warmup, args.steps)
-        out["infer_peak_rss_mib"] = _rss_mib()
-        model.train()
-    if args.mode in ("both", "train"):
-        out["train_times"], out["train_cpu"], out["train_first"] = _time_steps(
-            train, sync, args.warmup, args.steps)
-        out["train_peak_rss_mib"] = _rss_mib()
+    _measure(args, model, infer, train, sync, out)
     if args.device == "cuda":
         out["gpu_mib"] = torch.cuda.max_memory_reserved() / 2**20   # held by the allocator
     return out
