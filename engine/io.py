@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
+import time
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -14,6 +22,10 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
     fsynced, and then renamed over ``path`` in one ``os.replace``: a reader (or a
     crash, or Ctrl-C) sees either the old file or the new one, never a mix. On
     any exception the temporary file is removed and the old file is untouched.
+    The file gets the permissions a plain ``open`` would give it (0666 less the
+    umask, so usually 0644), not the 0600 of a temporary file. A process killed
+    mid-write leaves a ``.<name>.*.tmp`` file behind; ``remove_stale_temporaries``
+    deletes such leftovers.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -25,6 +37,7 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -37,3 +50,15 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def remove_stale_temporaries(directory, min_age_s: float = 0.0) -> list:
+    """Delete the temporary files that ``atomic_write`` calls killed mid-write left in
+    `directory` (older than `min_age_s` seconds); return their paths."""
+    removed = []
+    for tmp in glob.glob(os.path.join(os.fspath(directory), ".*.tmp")):
+        with contextlib.suppress(OSError):
+            if time.time() - os.path.getmtime(tmp) >= min_age_s:
+                os.unlink(tmp)
+                removed.append(tmp)
+    return removed

@@ -104,3 +104,37 @@ class SGD:
                                  f"{tuple(v.shape)} does not fit the parameters")
             velocity[i] = backend.to_device(np.asarray(v), params[i].device).astype(params[i].dtype)
         self.velocity = velocity
+
+
+class PolyakAverage:
+    """Exponential moving average of a model's parameters (Polyak averaging), for evaluation.
+
+    After every optimiser step ``avg = d * avg + (1 - d) * w``, with the decay warmed up as
+    ``d_t = min(decay, (1 + t) / (10 + t))`` for the t-th update (t = 1, 2, ...), so that early
+    averages are not dominated by the random initialisation. ``swap(model)`` exchanges the
+    model's weights with the averages (call it again to undo).
+    """
+
+    def __init__(self, model, decay: float):
+        if not 0 <= decay < 1:
+            raise ValueError(f"PolyakAverage: decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {n: p.data.copy() for n, p in model.named_parameters()}
+
+    def current_decay(self) -> float:
+        """The decay the next update uses."""
+        t = self.updates + 1
+        return min(self.decay, (1 + t) / (10 + t))
+
+    def update(self, model) -> None:
+        d = self.current_decay()
+        self.updates += 1
+        for name, p in model.named_parameters():
+            s = self.shadow[name]
+            s *= d
+            s += (1 - d) * p.data
+
+    def swap(self, model) -> None:
+        for name, p in model.named_parameters():
+            p.data, self.shadow[name] = self.shadow[name], p.data

@@ -51,7 +51,6 @@ LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 1.0
 BIAS_FILL = 0.2            # every convolution and hidden linear layer
 CLASSIFIER_BIAS_FILL = 0.0  # the three classifiers
 BIAS_LR_MULT, BIAS_DECAY_MULT = 2.0, 0.0   # biases: twice the learning rate, no decay
-AUX_LOSS_WEIGHT = 0.3      # training loss = main + 0.3 * (aux1 + aux2)
 
 
 def xavier_uniform(shape, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:

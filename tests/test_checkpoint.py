@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import models.checkpoint as ckpt
-from models.checkpoint import (CheckpointError, load_checkpoint, pack_namespaces,
+import trainer.checkpoint as ckpt
+from trainer.checkpoint import (CheckpointError, load_checkpoint, pack_namespaces,
                                pack_python_random_state, pack_rng_state, save_checkpoint,
                                unpack_namespaces, unpack_python_random_state, unpack_rng_state)
 

@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import checkpoint as ckpt
-from models.cli import main
+from models.googlenet import SPEC
+from trainer import checkpoint as ckpt
+from trainer.cli import main as cli_main
 
-TINY = ["--synthetic-classes", "3", "--synthetic-train", "4", "--synthetic-val", "2",
+TINY = ["--builtin-classes", "3", "--builtin-train", "4", "--builtin-val", "2",
         "--batch-size", "6", "--workers", "0", "--print-freq", "1"]
+
+
+def main(argv):
+    return cli_main(SPEC, argv)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +25,7 @@ def data_dir(tmp_path_factory):
 
 def train(tmp, data_dir, name, *extra):
     out = os.path.join(tmp, name)
-    code = main(["train", "--synthetic-dir", data_dir, "--output-dir", out, *TINY, *extra])
+    code = main(["train", "--builtin-dir", data_dir, "--output-dir", out, *TINY, *extra])
     return code, out
 
 
@@ -55,8 +60,7 @@ def test_resume_gives_the_same_run(trained, data_dir):
     tmp, straight = trained
     code, out = train(tmp, data_dir, "resumed", "--epochs", "1")
     assert code == 0
-    code, _ = train(tmp, data_dir, "resumed", "--epochs", "2", "--resume",
-                    os.path.join(out, "last.npz"))
+    code = main(["train", "--epochs", "2", "--resume", os.path.join(out, "last.npz")])
     assert code == 0
     a, b = rows(straight), rows(out)
     for key in ("train_loss", "train_top1", "val_loss", "val_top1", "lr", "step"):
@@ -76,8 +80,8 @@ def test_divergence_stops_cleanly_and_keeps_the_last_checkpoint(trained, data_di
     import shutil
     shutil.copy(good, os.path.join(out, "last.npz"))
     before = open(os.path.join(out, "last.npz"), "rb").read()
-    code = main(["train", "--synthetic-dir", data_dir, "--output-dir", out, *TINY, "--epochs", "4",
-                 "--lr", "1e12", "--resume", os.path.join(out, "last.npz")])
+    code = main(["train", "--builtin-dir", data_dir, "--output-dir", out, *TINY, "--epochs", "4",
+                 "--lr", "1e12", "--overwrite"])
     assert code == 1
     assert "loss became" in capsys.readouterr().err
     assert open(os.path.join(out, "last.npz"), "rb").read() == before
@@ -95,12 +99,13 @@ def test_eval_reports_errors_for_every_crop_scheme(trained, capsys, crops):
 
 def test_predict_prints_top_classes_and_reports_bad_files(trained, data_dir, tmp_path, capsys):
     _, out = trained
-    img = next(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(data_dir, "val")) for f in fs)
+    img = next(os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs
+               if f.endswith(".png") and os.sep + "val" + os.sep in r)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     code = main(["predict", "--checkpoint", os.path.join(out, "best.npz"), img, str(bad)])
     captured = capsys.readouterr()
-    assert code == 1
+    assert code == 2
     assert captured.out.count("%") == 3          # three classes in this tiny set
     assert "broken.jpg: cannot read image" in captured.err
 
@@ -116,10 +121,10 @@ def test_clear_errors(tmp_path, capsys):
     (tmp_path / "train" / "a").mkdir(parents=True)
     assert main(["train", "--data", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
     assert "error:" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["train", "--data", str(tmp_path / "nope")])
-    with pytest.raises(SystemExit):
-        main(["train", "--image-size", "32"])
+    assert main(["train", "--data", str(tmp_path / "nope")]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(["train", "--image-size", "32"]) == 2
+    assert "--image-size 32" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.npz")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
@@ -131,5 +136,5 @@ def test_cuda_request_without_gpu_is_explained(tmp_path, capsys):
     assert main(["summary"]) == 0
     capsys.readouterr()
     assert main(["train", "--device", "cuda", "--output-dir", str(tmp_path), *TINY,
-                 "--synthetic-dir", str(tmp_path / "d")]) == 2
+                 "--builtin-dir", str(tmp_path / "d")]) == 2
     assert "cupy-cuda" in capsys.readouterr().err

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from models.data import DataLoader, ImageFolder, SplitError
-from models.synthetic import CLASS_NAMES, make_synthetic_imagefolder, render_image
-from models.transforms import (IMAGENET_MEAN, IMAGENET_STD, ColorJitter, RandomHorizontalFlip,
+from data import DataLoader, ImageFolder, SplitError
+from data.builtin import CLASS_NAMES, make_synthetic_imagefolder, render_image
+from data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ColorJitter, RandomHorizontalFlip,
                                RandomResizedCrop, crops_144, eval_resize_size, eval_transform,
                                resize_shorter, ten_crop, to_array, train_transform)
 
@@ -272,7 +272,7 @@ def test_loader_interrupt_in_consumer_stops_workers(synth):
 
 
 def test_loader_pipe_fallback_matches_inline(synth, monkeypatch, tmp_path):
-    import models.data as data
+    import data.loader as data
     ds = ImageFolder(synth, "val")
     kw = dict(batch_size=4, shuffle=True, transform=train_transform(16), seed=9)
     a = list(DataLoader(ds, **kw))

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from engine import Profiler, manual_seed, no_grad  # noqa: E402
 from layers import caffe, softmax_cross_entropy  # noqa: E402
-from models.googlenet import GoogLeNet, training_loss  # noqa: E402
+from models.googlenet import AUX_LOSS_WEIGHT, GoogLeNet, training_loss  # noqa: E402
 
 # The paper's Table 1, as restated in shared/googlenet.md: output (C x H x W) and MACs.
 # (The paper lists pool1 + LRN and conv2 + LRN as single rows; here the LRNs are rows of
@@ -123,6 +123,6 @@ print(f"train mode: forward returns {len(outputs)} outputs of shapes "
       f"{[tuple(o.shape) for o in outputs]}")
 parts = [softmax_cross_entropy(o, labels).item() for o in outputs]
 print(f"losses: main {parts[0]:.4f}, aux1 {parts[1]:.4f}, aux2 {parts[2]:.4f}; "
-      f"total {total.item():.4f} = main + {caffe.AUX_LOSS_WEIGHT} x (aux1 + aux2) = "
-      f"{parts[0] + caffe.AUX_LOSS_WEIGHT * (parts[1] + parts[2]):.4f}")
+      f"total {total.item():.4f} = main + {AUX_LOSS_WEIGHT} x (aux1 + aux2) = "
+      f"{parts[0] + AUX_LOSS_WEIGHT * (parts[1] + parts[2]):.4f}")
 print("(untrained, every loss is in the region of ln(1000) = 6.91, the loss of a uniform guess)")

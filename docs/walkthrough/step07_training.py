@@ -40,12 +40,12 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 import layers as L  # noqa: E402
 from engine import SGD, Module, manual_seed, no_grad  # noqa: E402
-from models.data import DataLoader, ImageFolder  # noqa: E402
+from data import DataLoader, ImageFolder  # noqa: E402
 from models.googlenet import (GlobalAvgPool, GoogLeNet, Inception, conv_relu,  # noqa: E402
                               fully_connected, training_loss)
-from models.plot import append_metrics_csv, plot_curves  # noqa: E402
-from models.synthetic import make_synthetic_imagefolder  # noqa: E402
-from models.transforms import IMAGENET_MEAN, IMAGENET_STD, ToArray  # noqa: E402
+from trainer.logs import append_metrics_csv, plot_curves  # noqa: E402
+from data.builtin import make_synthetic_imagefolder  # noqa: E402
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD, ToArray  # noqa: E402
 from layers import caffe  # noqa: E402
 
 CLASSES, SIDE, BATCH, EPOCHS, LR = 4, 64, 16, 24, 0.005

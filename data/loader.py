@@ -1,12 +1,14 @@
-"""Image folders on disk and a multi-process batch loader.
+"""A multi-process batch loader: ``DataLoader``.
 
-``ImageFolder`` reads the usual layout ``root/<class>/**/<image>``: classes are the sorted
-sub-folder names and a class's index is its position in that list.
+``DataLoader`` turns a dataset into batches ``(images float32 (N, C, S, S), labels int64 (N,))``
+of NumPy arrays.  Decoding and augmentation run in worker processes that fill a bounded number
+of batches ahead of the consumer, so a GPU step does not wait for JPEG decoding.  ``workers=0``
+does everything in-process.
 
-``DataLoader`` turns a dataset into batches ``(images float32 (N, 3, S, S), labels int64 (N,))``
-of NumPy arrays.  Decoding and augmentation run in worker processes (``fork`` where the
-platform has it, else ``spawn``) that fill a bounded number of batches ahead of the consumer,
-so a GPU step does not wait for JPEG decoding.  ``workers=0`` does everything in-process.
+Workers start with ``fork`` while CUDA is not in use in this process (milliseconds, and the
+dataset's file list is shared for free), and with ``forkserver`` once CuPy has been imported:
+a child forked from a process that initialised CUDA inherits a CUDA context it cannot use, and
+can deadlock on its first CUDA call or on locks held by the parent's CUDA threads.
 
 Determinism: sample ``i`` in epoch ``e`` is augmented with
 ``np.random.default_rng([seed, e, i])``, and batches are yielded in order, so the batches do
@@ -17,7 +19,11 @@ Unreadable images: a file that cannot be opened or decoded is left out of its ba
 is one sample smaller, never refilled from the next one: refilling would make every later batch
 depend on which files failed).  A batch whose samples all fail is not yielded at all.  Each bad
 file is reported once on stderr, its path is added to ``loader.skipped``, and it is not read
-again in later epochs.
+again in later epochs. ``loader.unreadable_classes()`` names the classes none of whose files
+could be read.
+
+Workers watch their parent: if it dies (even by SIGKILL), they delete the batches they wrote
+to shared memory and exit, instead of living on as orphans.
 """
 
 from __future__ import annotations
@@ -34,116 +40,19 @@ import time
 import traceback
 
 import numpy as np
-from PIL import Image
 
-from models.transforms import to_array
+from data.folder import UnreadableImageError
+from data.transforms import to_array
 
-__all__ = ["IMG_EXTENSIONS", "SplitError", "UnreadableImageError", "load_image",
-           "ImageFolder", "DataLoader"]
-
-IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm")
+__all__ = ["DataLoader", "default_workers"]
 
 
-class SplitError(ValueError):
-    """A dataset folder is missing, has no class folders, or has no images."""
+def default_workers(device: str) -> int:
+    """Workers for a run on `device`: none on the CPU (they would compete with the compute),
+    every core but one with a GPU (decoding and augmenting a 224x224 JPEG costs about 2 ms
+    per core, so a few workers would starve the GPU)."""
+    return 0 if device == "cpu" else max(1, (os.cpu_count() or 2) - 1)
 
-
-class UnreadableImageError(OSError):
-    """An image file could not be opened or decoded; ``.path`` names it."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"cannot read image {path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-def load_image(path: str) -> Image.Image:
-    """Open and fully decode an image as RGB; raise UnreadableImageError if that fails."""
-    try:
-        with Image.open(path) as img:
-            # load() forces the decode now: Image.open only reads the header, and a truncated
-            # file would otherwise fail later, deep inside a transform.
-            img.load()
-            return img.convert("RGB")
-    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, zlib.error...)
-        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from exc
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
-
-
-class ImageFolder:
-    """Images under ``root/<class>/`` (or ``root/<split>/<class>/`` when `split` is given).
-
-    Attributes:
-      root: the folder holding the class folders.
-      classes: sorted class folder names; label = index in this list.
-      class_to_idx: name -> label.
-      samples: list of (path, label), sorted by class then path.
-      targets: labels, int64 array (len,).
-
-    `classes` may be passed to impose the label set of another split (e.g. val must use the
-    train classes): then class folders may be missing or empty, but a folder that is not in the
-    list is an error, since its images would get no label.  Files are found recursively inside
-    each class folder; hidden files and folders (starting with '.') are ignored.
-
-    Raises SplitError (a ValueError) naming the path when the folder is missing, has no class
-    folders, has an empty class folder (only when `classes` is not given), or has no images.
-    """
-
-    def __init__(self, root: str, split: str | None = None, classes=None):
-        root = os.fspath(root)
-        folder = os.path.join(root, split) if split else root
-        if not os.path.isdir(folder):
-            what = f"split folder '{split}'" if split else "dataset folder"
-            raise SplitError(f"{what} not found: {folder}")
-        found = sorted(d.name for d in os.scandir(folder)
-                       if d.is_dir() and not d.name.startswith("."))
-        strict = classes is None
-        if strict:
-            if not found:
-                raise SplitError(f"no class folders in {folder} "
-                                 f"(expected {folder}/<class>/<image>)")
-            classes = found
-        else:
-            classes = list(classes)
-            unknown = sorted(set(found) - set(classes))
-            if unknown:
-                raise SplitError(f"{folder} has class folders not in the class list: {unknown}")
-        self.root = folder
-        self.classes = list(classes)
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples = []
-        for label, name in enumerate(self.classes):
-            class_dir = os.path.join(folder, name)
-            files = []
-            for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                files += [os.path.join(dirpath, f) for f in filenames if _is_image(f)]
-            if not files and strict:
-                raise SplitError(f"class folder has no images ({', '.join(IMG_EXTENSIONS)}): "
-                                 f"{class_dir}")
-            self.samples += [(p, label) for p in sorted(files)]
-        if not self.samples:
-            raise SplitError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {folder}")
-        self.targets = np.array([s[1] for s in self.samples], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        """(RGB PIL image, label); raises UnreadableImageError for a bad file."""
-        path, label = self.samples[index]
-        return load_image(path), label
-
-    def __repr__(self):
-        return f"ImageFolder({self.root!r}, {len(self.classes)} classes, {len(self)} images)"
-
-
-# ---------------------------------------------------------------------------------------------
-# Batch loading
-# ---------------------------------------------------------------------------------------------
 
 def _load_samples(dataset, transform, seed: int, epoch: int, indices):
     """Load and transform samples -> (list of float32 arrays, labels, bad [(index, path, why)])."""
@@ -224,7 +133,7 @@ def _discard(packed):
             pass
 
 
-def _worker_loop(dataset, transform, seed, task_q, result_q, shm_dir):
+def _worker_loop(dataset, transform, seed, task_q, result_q, shm_dir, parent_pid):
     # Ctrl-C reaches the whole process group; the parent alone decides how to shut down, and
     # a worker dying half-way through a put could leave the parent waiting.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -233,7 +142,14 @@ def _worker_loop(dataset, transform, seed, task_q, result_q, shm_dir):
     # into a pipe nobody reads.
     result_q.cancel_join_thread()
     while True:
-        task = task_q.get()
+        try:
+            task = task_q.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent_pid:      # orphaned: the parent was killed
+                if shm_dir is not None:
+                    shutil.rmtree(shm_dir, ignore_errors=True)
+                os._exit(0)
+            continue
         if task is None:
             break
         task_id, epoch, indices = task
@@ -245,16 +161,22 @@ def _worker_loop(dataset, transform, seed, task_q, result_q, shm_dir):
             result_q.put((task_id, False, traceback.format_exc()))
 
 
+def default_start_method() -> str:
+    """'fork' while CUDA cannot be in use here, else 'forkserver' (or 'spawn' where neither
+    exists). The forkserver process is started clean, before any CUDA context exists in it."""
+    methods = mp.get_all_start_methods()
+    cuda_possible = "cupy" in sys.modules
+    if "fork" in methods and not cuda_possible:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def _mp_context(start_method=None):
-    if start_method is None:
-        # fork starts workers in milliseconds and shares the dataset's file list for free;
-        # spawn (macOS, Windows) needs the dataset and transform to be picklable.
-        start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(start_method)
+    return mp.get_context(start_method or default_start_method())
 
 
 class DataLoader:
-    """Batches of (images float32 (N, 3, S, S), labels int64 (N,)) from a dataset.
+    """Batches of (images float32 (N, C, S, S), labels int64 (N,)) from a dataset.
 
     Args:
       dataset: ``len(dataset)`` and ``dataset[i] -> (PIL image, label)``; may raise
@@ -268,7 +190,7 @@ class DataLoader:
       drop_last: leave out the final partial batch.
       prefetch: batches in flight per worker (ready or being made) ahead of the consumer.
       timeout: seconds to wait for one batch from the workers before TimeoutError; 0 = none.
-      start_method: multiprocessing start method; None = 'fork' where available, else 'spawn'.
+      start_method: multiprocessing start method; None = ``default_start_method()``.
 
     ``len(loader)`` is the number of batches an epoch yields when no file is unreadable.
     With workers, the transform and dataset must be picklable if the platform lacks 'fork'.
@@ -330,6 +252,17 @@ class DataLoader:
             print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr,
                   flush=True)
 
+    def unreadable_classes(self) -> list:
+        """Names of the classes none of whose files could be read so far (they are never
+        trained on); empty when every class has at least one readable image."""
+        targets = getattr(self.dataset, "targets", None)
+        classes = getattr(self.dataset, "classes", None)
+        if targets is None or classes is None or not self._bad_indices:
+            return []
+        bad = np.zeros(len(targets), bool)
+        bad[list(self._bad_indices)] = True
+        return [c for k, c in enumerate(classes) if (targets == k).any() and bad[targets == k].all()]
+
     def __iter__(self):
         batches = self._batches(self.epoch)
         if self.workers == 0:
@@ -358,7 +291,7 @@ class DataLoader:
             for _ in range(min(self.workers, len(batches))):
                 p = ctx.Process(target=_worker_loop, daemon=True,
                                 args=(self.dataset, self.transform, self.seed, task_q,
-                                      result_q, shm_dir))
+                                      result_q, shm_dir, os.getpid()))
                 p.start()
                 procs.append(p)
             max_in_flight = self.prefetch * len(procs)

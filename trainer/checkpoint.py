@@ -207,3 +207,40 @@ def pack_python_random_state(state=None) -> dict:
 def unpack_python_random_state(packed: dict) -> tuple:
     """The tuple to pass to ``random.setstate`` (or ``random.Random().setstate``)."""
     return (packed["version"], tuple(packed["internal"]), packed["gauss_next"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A training run in a checkpoint
+# ---------------------------------------------------------------------------------------------
+RUN_KIND = "train-run"          # meta["kind"] of a checkpoint written by trainer.loop
+
+
+def model_meta(spec, model, image_size: int, init: str) -> dict:
+    """What it takes to rebuild the network: stored as meta['model']."""
+    return {"network": spec.name, "num_classes": model.num_classes,
+            "aux_logits": bool(getattr(model, "aux_logits", False)), "dtype": str(model.dtype),
+            "image_size": int(image_size), "init": init}
+
+
+def build_model(meta_model: dict, path: str = "checkpoint"):
+    """(spec, model) from meta['model'], with a clear error for malformed metadata."""
+    from models.spec import get_spec
+    try:
+        spec = get_spec(meta_model.get("network", "googlenet"))
+        model = spec.build(int(meta_model["num_classes"]), aux_logits=bool(meta_model["aux_logits"]),
+                           dtype=meta_model["dtype"], seed=None,
+                           init=meta_model.get("init") or spec.inits[0])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its model description is malformed or unknown "
+                              f"({type(exc).__name__}: {exc})") from None
+    return spec, model
+
+
+def load_weights(model, weights: dict, path: str, which: str) -> None:
+    """model.load_state_dict(weights), with errors (missing/unexpected keys, shapes) naming
+    the file instead of raising from deep inside the module."""
+    try:
+        model.load_state_dict(weights)
+    except (KeyError, ValueError) as exc:
+        msg = exc.args[0] if exc.args else exc
+        raise CheckpointError(f"{path}: its {which} weights do not fit the model: {msg}") from None

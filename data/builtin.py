@@ -380,3 +380,35 @@ def make_synthetic_imagefolder(root: str, num_classes: int = 10, train_per_class
 
     _write_json_atomic(os.path.join(root, MANIFEST_NAME), dict(expected, status="complete"))
     return root
+
+
+def cache_dir(name: str) -> str:
+    """Where generated datasets live: ``$GOOGLENET_DATA_DIR/<name>``, else
+    ``$XDG_CACHE_HOME/googlenet-engine/<name>`` (``~/.cache/googlenet-engine/<name>``)."""
+    base = os.environ.get("GOOGLENET_DATA_DIR")
+    if not base:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = os.path.join(cache, "googlenet-engine")
+    return os.path.join(base, name)
+
+
+def make_shapes(cfg) -> str:
+    """The built-in shapes dataset for a training config (its ``builtin_*`` fields)."""
+    name = (f"shapes-v{GENERATOR_VERSION}-{cfg.builtin_classes}c-{cfg.builtin_train}+"
+            f"{cfg.builtin_val}-{cfg.builtin_size}px")
+    root = os.path.join(cfg.builtin_dir, name) if cfg.builtin_dir else cache_dir(name)
+    return make_synthetic_imagefolder(root, num_classes=cfg.builtin_classes,
+                                      train_per_class=cfg.builtin_train,
+                                      val_per_class=cfg.builtin_val,
+                                      image_size=cfg.builtin_size, seed=0)
+
+
+# Built-in datasets by name (``NetworkSpec.builtin_data``): each takes a TrainConfig and
+# returns the root of an ImageFolder with train/ and val/ splits, generating it once.
+BUILTIN_DATASETS = {"shapes": make_shapes}
+
+
+def make_builtin(name: str, cfg) -> str:
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f"unknown built-in dataset {name!r}; known: {sorted(BUILTIN_DATASETS)}")
+    return BUILTIN_DATASETS[name](cfg)

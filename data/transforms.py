@@ -30,7 +30,7 @@ __all__ = [
     "Compose", "RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter", "Lighting",
     "ToArray", "ResizeShorter", "CenterCrop", "to_array", "resize_shorter", "center_crop",
     "eval_resize_size", "train_transform", "eval_transform", "ten_crop", "crops_144",
-    "TenCrop", "Crops144",
+    "TenCrop", "Crops144", "ConvertMode",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -199,8 +199,13 @@ class Lighting:
 
 
 def to_array(img: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """PIL image (H, W) -> float32 array (3, H, W): ``(pixel / 255 - mean) / std`` per channel."""
-    x = np.asarray(_rgb(img), dtype=np.float32) * np.float32(1 / 255)
+    """PIL image (H, W) -> float32 array (C, H, W): ``(pixel / 255 - mean) / std`` per channel.
+
+    C = len(mean): 3 reads the image as RGB, 1 as grayscale."""
+    img = ConvertMode.for_channels(len(mean))(img)
+    x = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+    if x.ndim == 2:
+        x = x[:, :, None]
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
@@ -264,8 +269,22 @@ class CenterCrop:
         return f"CenterCrop({self.size})"
 
 
-def _rgb(img, rng=None):
-    return img if img.mode == "RGB" else img.convert("RGB")
+class ConvertMode:
+    """Convert a PIL image to 8-bit 'RGB' or 'L' (see ``data.folder.convert_mode``)."""
+
+    def __init__(self, mode: str = "RGB"):
+        self.mode = mode
+
+    @classmethod
+    def for_channels(cls, channels: int) -> "ConvertMode":
+        return cls("L" if channels == 1 else "RGB")
+
+    def __call__(self, img, rng=None):
+        from data.folder import convert_mode
+        return img if img.mode == self.mode else convert_mode(img, self.mode)
+
+    def __repr__(self):
+        return f"ConvertMode({self.mode!r})"
 
 
 def train_transform(size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), jitter: float = 0.4,
@@ -276,11 +295,13 @@ def train_transform(size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), jitter: 
     Random resized crop (random interpolation), colour jitter, horizontal flip, normalise,
     PCA lighting.  ``jitter=0`` and ``lighting=0`` turn the photometric parts off.
     """
-    steps = [_rgb, RandomResizedCrop(size, scale, ratio)]
+    steps = [ConvertMode.for_channels(len(mean)), RandomResizedCrop(size, scale, ratio)]
     if jitter > 0:
         steps.append(ColorJitter(jitter, jitter, jitter))
-    steps += [RandomHorizontalFlip(flip), ToArray(mean, std)]
-    if lighting > 0:
+    if flip > 0:
+        steps.append(RandomHorizontalFlip(flip))
+    steps.append(ToArray(mean, std))
+    if lighting > 0 and len(mean) == 3:
         steps.append(Lighting(lighting, std=std))
     return Compose(steps)
 
@@ -290,7 +311,8 @@ def eval_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Compose:
 
     PIL image -> float32 (3, size, size); the generator argument is ignored.
     """
-    return Compose([_rgb, ResizeShorter(eval_resize_size(size)), CenterCrop(size),
+    return Compose([ConvertMode.for_channels(len(mean)), ResizeShorter(eval_resize_size(size)),
+                    CenterCrop(size),
                     ToArray(mean, std)])
 
 
@@ -306,7 +328,7 @@ def ten_crop(img: Image.Image, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) 
     Order: top-left, top-right, bottom-left, bottom-right, centre, then the same five mirrored
     left-right (each crop flipped, so crop k + 5 is crop k seen in a mirror).
     """
-    x = to_array(resize_shorter(_rgb(img), eval_resize_size(size)), mean, std)
+    x = to_array(resize_shorter(ConvertMode.for_channels(len(mean))(img), eval_resize_size(size)), mean, std)
     _, h, w = x.shape
     crops = [x[:, t:t + size, l:l + size] for t, l in _corner_and_centre_boxes(w, h, size)]
     crops += [c[:, :, ::-1] for c in crops]
@@ -325,7 +347,7 @@ def crops_144(img: Image.Image, size: int, mean=IMAGENET_MEAN,
     identical squares, which keeps the count at 144 (so the softmax average weights scales the
     same way for every image).
     """
-    img = _rgb(img)
+    img = ConvertMode.for_channels(len(mean))(img)
     out = []
     for base in (256, 288, 320, 352):
         s = int(round(base * size / 224))
