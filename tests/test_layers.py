@@ -3,7 +3,7 @@ input hygiene (no mutation, non-contiguous inputs), and clear errors on bad inpu
 Runs on NumPy and, where a GPU is present, CuPy (the ``xp`` fixture)."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 import layers as L
@@ -111,8 +111,7 @@ def _valid_pool(h, w, k, s, p, ceil):
 @given(pool_cases, st.integers(0, 2**31 - 1))
 def test_max_pool_forward_matches_caffe_loops(xp, case, seed):
     n, c, h, w, k, s, p, ceil = case
-    if not _valid_pool(h, w, k, s, p, ceil):
-        return
+    assume(_valid_pool(h, w, k, s, p, ceil))   # an early return would count as a pass
     x = distinct(np.random.default_rng(seed), (n, c, h, w))
     y = L.max_pool2d(xp.asarray(x), k, s, p, ceil)
     expected, _ = ref.max_pool2d(x, k, s, p, ceil)
@@ -122,13 +121,25 @@ def test_max_pool_forward_matches_caffe_loops(xp, case, seed):
 
 
 @given(pool_cases, st.integers(0, 2**31 - 1))
+@example(case=(1, 2, 7, 7, 3, 2, 1, True), seed=1)      # padded borders: the divisor counts
+@example(case=(2, 1, 9, 8, 3, 2, 1, False), seed=2)     # the padding inside [-pad, size + pad)
+@example(case=(1, 1, 14, 14, 5, 3, 2, True), seed=3)
 def test_avg_pool_forward_matches_caffe_loops(xp, case, seed):
     n, c, h, w, k, s, p, ceil = case
-    if not _valid_pool(h, w, k, s, p, ceil):
-        return
+    assume(_valid_pool(h, w, k, s, p, ceil))
     x = np.random.default_rng(seed).standard_normal((n, c, h, w))
     y = L.avg_pool2d(xp.asarray(x), k, s, p, ceil)
     np.testing.assert_allclose(to_np(y), ref.avg_pool2d(x, k, s, p, ceil), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,s,p,ceil", [(3, 2, 1, True), (3, 1, 1, True), (3, 2, 1, False),
+                                        (4, 3, 2, True)])
+def test_avg_pool_divides_by_caffes_count_at_padded_borders(xp, k, s, p, ceil):
+    """Ones in, and each output must be (real pixels in window) / (Caffe's divisor)."""
+    x = np.ones((1, 1, 7, 6))
+    y = to_np(L.avg_pool2d(xp.asarray(x), k, s, p, ceil))
+    np.testing.assert_allclose(y, ref.avg_pool2d(x, k, s, p, ceil), rtol=1e-12)
+    assert y[0, 0, 0, 0] < 1.0      # the top-left window covers padding, counted in the divisor
 
 
 def test_max_pool_backward_routes_to_the_caffe_argmax(xp):
