@@ -79,7 +79,9 @@ def load_image(path: str, mode: str = "RGB") -> Image.Image:
             img.load()
             return convert_mode(img, mode)
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, zlib.error...)
-        raise UnreadableImageError(path, f"{type(exc).__name__}: {exc}") from exc
+        # Pillow's messages often repeat the path; the error names it once.
+        why = str(exc).replace(f" '{path}'", "").replace(f"'{path}'", "the file").replace(path, "the file")
+        raise UnreadableImageError(path, f"{type(exc).__name__}: {why}") from exc
 
 
 def is_image_file(name: str) -> bool:

@@ -23,6 +23,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _default_text(spec, f) -> str:
+    if f.name == "output_dir":
+        return f" (default: {os.path.join('runs', spec.name)})"
     paper, builtin = recipe_for(spec, False).get(f.name), recipe_for(spec, True).get(f.name)
     if f.default is not RECIPE or builtin is None:
         if f.default is None or f.default is False:

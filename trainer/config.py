@@ -64,19 +64,19 @@ class TrainConfig:
     dtype: str = _f("float32", "float64 is for checking, float32 for training",
                     choices=("float32", "float64"))
     seed: int = _f(0, "seeds initialisation, data order, augmentation and dropout")
-    workers: int | None = _f(None, "data loading processes; 0 loads in-process (default: 0 on "
-                                   "the CPU, where workers would compete with the compute; "
-                                   "every core but one with a GPU)", short="-j", group="run")
-    output_dir: str | None = _f(None, "where metrics.csv, curves.png and the checkpoints go "
-                                      "(default: runs/<network>)", group="run")
+    workers: int | None = _f(None, "data loading processes; 0 loads in-process. By default 0 on "
+                                   "the CPU, where workers would compete with the compute, and "
+                                   "every core but one with a GPU", short="-j", group="run")
+    output_dir: str | None = _f(None, "where metrics.csv, curves.png and the checkpoints go", group="run")
     resume: str | None = _f(None, "continue the run saved in this last.npz/best.npz, with its "
                                   "saved settings", metavar="CHECKPOINT", group="run")
     overwrite: bool = _f(False, "start a new run in an output directory that already holds "
                                 "one (its checkpoints and log are replaced)", group="run")
     print_freq: int = _f(10, "steps between progress lines when the output is not a terminal",
                          group="run")
-    builtin_dir: str | None = _f(None, "where the built-in dataset is generated (default: "
-                                       "$GOOGLENET_DATA_DIR, else ~/.cache/googlenet-engine)",
+    builtin_dir: str | None = _f(None, "where the built-in dataset is generated; by "
+                                       "default $GOOGLENET_DATA_DIR, else "
+                                       "~/.cache/googlenet-engine",
                                  group="built-in data")
     builtin_classes: int | None = _f(RECIPE, "classes of the built-in shapes dataset (up to 12)",
                                      group="built-in data")

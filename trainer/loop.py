@@ -114,8 +114,9 @@ def merge_resumed(config: TrainConfig, saved: dict, path: str) -> TrainConfig:
         raise UsageError(f"--resume {path}: a resumed run keeps its settings; these differ: "
                          + "; ".join(conflicts) + ". Start a new run to change them")
     merged["resume"] = config.resume
-    return TrainConfig.from_dict({k: v for k, v in merged.items()
-                                  if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    if config.output_dir is None:        # the run continues where its checkpoint is
+        merged["output_dir"] = os.path.dirname(os.path.abspath(path))
+    return TrainConfig.from_dict(merged)
 
 
 def _saved_config(path: str) -> dict:
@@ -123,7 +124,16 @@ def _saved_config(path: str) -> dict:
     if meta.get("kind") != ckpt.RUN_KIND or not isinstance(meta.get("config"), dict):
         raise ckpt.CheckpointError(f"{path} is not a training checkpoint of this project "
                                    "(weights-only files start new runs, not resumed ones)")
-    return meta["config"]
+    saved = meta["config"]
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown, missing = sorted(set(saved) - names), sorted(names - set(saved))
+    if unknown or missing:
+        raise ckpt.CheckpointError(
+            f"{path}: its saved settings are malformed ("
+            + "; ".join(p for p in (f"unknown: {', '.join(unknown)}" if unknown else "",
+                                    f"missing: {', '.join(missing)}" if missing else "") if p)
+            + ")")
+    return saved
 
 
 # ------------------------------------------------------------------ output directory
