@@ -29,8 +29,8 @@ OUT.mkdir(parents=True, exist_ok=True)
 import numpy as np  # noqa: E402
 
 import layers as L  # noqa: E402
-from engine import (Module, Profiler, Tensor, draw_graph, manual_seed, no_grad,  # noqa: E402
-                    render_dot, to_dot)
+from engine import Module, Profiler, Tensor, manual_seed, no_grad  # noqa: E402
+from viz import draw_graph, render_dot, to_dot  # noqa: E402
 from models.googlenet import INCEPTION, Inception, conv_relu  # noqa: E402
 
 C_IN, SIDE = 192, 28
@@ -112,7 +112,7 @@ for name, module in modules.items():
     assert measured == expected and params == (naive_params if name == "naive" else real_params)
 
 # ---------------------------------------------------------------------------------------
-# Pictures of both graphs. engine.to_dot walks the graph back from the output; naming the
+# Pictures of both graphs. viz.to_dot walks the graph back from the output; naming the
 # module's parameters (names=module) labels each convolution by its attribute name. The
 # Pillow drawing leaves the weights out and always works; the Graphviz one (when `dot` is
 # installed) shows every weight and bias as well. The input is marked requires_grad so the
