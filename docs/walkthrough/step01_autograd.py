@@ -142,9 +142,10 @@ for name, strategy in (("A: push along every path", backward_every_path),
     visits = strategy(y)
     print(f"  {name:<38} {x.grad:.12f}   node visits: {visits}")
     right = abs(x.grad - exact_derivative(X0)) < 1e-9
-    # A visits (3^(DEPTH+1) - 1) / 2 nodes (one per path, 3 more per round); B and C 2*DEPTH+1.
+    # A: T(k) = 3 T(k-1) + 2 visits (add, mul, and three pushes into round k-1), so
+    # T = 2 * 3^DEPTH - 1; B and C visit each of the 2 * DEPTH + 1 nodes once.
     assert right == (strategy is not backward_first_reached), name
-    assert visits == ((3 ** (DEPTH + 1) - 1) // 2 if strategy is backward_every_path
+    assert visits == (2 * 3 ** DEPTH - 1 if strategy is backward_every_path
                       else 2 * DEPTH + 1), (name, visits)
 print("  -> A is right but its visits grow as 3^depth; B is cheap but wrong; C is right and\n"
       "     visits each node once.\n")
