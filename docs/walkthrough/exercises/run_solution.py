@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _harness import ROOT, substitute  # noqa: E402
+from _harness import ROOT, regions, substitute  # noqa: E402
 
 
 def prepare(name: str, folder: Path) -> Path:
@@ -27,7 +27,10 @@ def prepare(name: str, folder: Path) -> Path:
         raise SystemExit(f"run_solution: no exercise {name!r}; known: {', '.join(known)}")
     for path in [stub, *sorted(HERE.glob(f"{name}*.cu"))]:
         solution = HERE / "solutions" / path.name
-        (folder / path.name).write_text(substitute(path.read_text(), solution.read_text()))
+        text = path.read_text()              # a driver with nothing to fill in is copied as is
+        if regions(text):
+            text = substitute(text, solution.read_text())
+        (folder / path.name).write_text(text)
     return folder / stub.name
 
 
