@@ -78,7 +78,11 @@ real_3b = sum(conv_cost(cin, cout, k)[0] for cin, cout, k in (
     (real_in, npp, 1)))
 print(f"two modules deep: naive 3b on {wide} channels costs {naive_3b / 1e6:.0f}M MACs and "
       f"outputs {wide + n1 + n3 + n5} channels; the real 3b costs {real_3b / 1e6:.0f}M "
-      f"(Table 1: 304M) and outputs {n1 + n3 + n5 + npp}.\n")
+      f"(the paper's Table 1 prints 304M) and outputs {n1 + n3 + n5 + npp}.\n")
+# The figures above, as computed (the paper prints 128M for 3a and 304M for 3b):
+assert (int(naive_macs / 1e6), int(real_macs / 1e6), int(naive_3b / 1e6)) == (303, 128, 1388)
+assert abs(real_3b / 304e6 - 1) < 0.005 and round(naive_macs / real_macs, 1) == 2.4
+assert (c1 + c3 + c5 + C_IN, c1 + c3 + c5 + pp, wide + n1 + n3 + n5) == (416, 256, 832)
 
 
 # ---------------------------------------------------------------------------------------
