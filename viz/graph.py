@@ -41,7 +41,8 @@ import numpy as np
 from engine.module import Parameter
 from engine.tensor import Function, Tensor
 
-__all__ = ["Graph", "build_graph", "gradients", "to_dot", "render", "draw_png"]
+__all__ = ["Graph", "build_graph", "gradients", "layout", "to_dot", "render", "draw_png",
+           "draw_network"]
 
 
 # ------------------------------------------------------------------ the graph as data
@@ -365,7 +366,7 @@ def render(dot_source: str, png_path: str, timeout: float = 60.0) -> bool:
 
 
 # ----------------------------------------------------------------- Pillow drawing
-def _layers(graph: Graph):
+def layout(graph: Graph):
     """Longest-path layering, with a dummy point on every layer a long edge crosses.
 
     Returns (rows: list of lists of keys, a dummy key being ("d", edge index, layer)),
@@ -427,7 +428,7 @@ def draw_png(*tensors: Tensor, png_path: str, names=None, params: bool = False,
 
     graph = build_graph(*tensors, names=names, params=params or bool(values), values=values)
     nodes = {n.key: n for n in graph.nodes}
-    rows, paths = _layers(graph)
+    rows, paths = layout(graph)
 
     def font(size):
         try:
@@ -535,4 +536,52 @@ def draw_png(*tensors: Tensor, png_path: str, names=None, params: bool = False,
 
     os.makedirs(os.path.dirname(os.path.abspath(png_path)) or ".", exist_ok=True)
     img.save(png_path, format="PNG")
+    return png_path
+
+
+# ------------------------------------------------------------- a whole network (matplotlib)
+def draw_network(*tensors: Tensor, png_path: str, names=None, title: str | None = None,
+                 row_height: float = 0.32, dpi: int = 60) -> str:
+    """Draw a whole network's graph top to bottom with matplotlib, like the paper's Figure 3.
+
+    One small coloured box per function (op and settings, no shapes), parameters left out,
+    layered by longest path from the input (:func:`layout`), so parallel branches (an
+    Inception module's four, an auxiliary head) sit side by side. Meant for networks of
+    hundreds of ops, where :func:`draw_png`'s labelled boxes would not fit.
+    """
+    import matplotlib                         # imported here: only this picture needs it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    graph = build_graph(*tensors, names=names, params=False)
+    rows, paths = layout(graph)
+    nodes = {n.key: n for n in graph.nodes}
+    width = max(len(r) for r in rows)
+    pos = {}
+    for level, row in enumerate(rows):
+        for i, key in enumerate(row):
+            pos[key] = (i - (len(row) - 1) / 2, -level)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * width), row_height * len(rows) + 1))
+    for path in paths:
+        xs, ys = zip(*(pos[k] for k in path))
+        ax.plot(xs, ys, color="#777777", lw=0.6, zorder=1)
+    for key, node in nodes.items():
+        x, y = pos[key]
+        text = node.lines[-2] if node.kind == "function" and len(node.lines) >= 2 else node.lines[0]
+        colour = _fill(node.op) if node.kind == "function" else "#d9f2d9"
+        ax.add_patch(FancyBboxPatch((x - 0.44, y - 0.3), 0.88, 0.6,
+                                    boxstyle="round,pad=0.02", fc=colour, ec="#555555",
+                                    lw=0.5, zorder=2))
+        ax.text(x, y, text.replace("Function", ""), ha="center", va="center", fontsize=6,
+                zorder=3)
+    ax.set_xlim(-width / 2 - 0.2, width / 2 + 0.2)
+    ax.set_ylim(-len(rows) + 0.4, 0.6)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)) or ".", exist_ok=True)
+    fig.savefig(png_path, dpi=dpi)
+    plt.close(fig)
     return png_path
