@@ -162,7 +162,7 @@ with open(csv_path, "w", newline="") as f:
 # What we claim about this run, checked. A uniform guess over four classes has loss
 # ln 4 = 1.386; the untrained network scores somewhat more (its outputs are not exactly
 # uniform, and a lopsided guess that is wrong costs more than a uniform one). Training must
-# bring the loss down and the validation accuracy well above chance: with 80 validation
+# bring the loss down, below ln 4, and the validation accuracy well above chance: with 80 validation
 # images, 40% correct is more than three standard deviations above the 25% of guessing.
 chance_loss = math.log(CLASSES)
 first, last = rows[1], rows[-1]
@@ -171,7 +171,7 @@ print(f"\nuntrained validation loss {rows[0]['val_loss']:.3f} (uniform guess: ln
       f"{last['train_loss']:.3f} (epoch {EPOCHS}); validation accuracy "
       f"{rows[0]['val_top1']:.0%} -> {last['val_top1']:.0%} (chance {1 / CLASSES:.0%})")
 assert chance_loss - 0.05 < rows[0]["val_loss"] < chance_loss + 0.5, rows[0]
-assert last["train_loss"] < first["train_loss"] - 0.3, (first, last)
+assert last["train_loss"] < min(first["train_loss"] - 0.3, chance_loss), (first, last)
 assert last["val_top1"] >= 0.40, last
 
 # The curves, with what guessing would score drawn in: ln 4 for the loss, 25% for the
