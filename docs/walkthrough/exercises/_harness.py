@@ -114,3 +114,26 @@ def finite_differences(report: Report, what: str, fn, arrays, names, hint: str =
     return report.check(res.ok, f"{what}: finite differences vs backward, {res.checks} "
                         f"derivatives, worst |numeric - analytic| {res.worst_error:.2e}"
                         + (f" (wrong ones: {counts})" if wrong else ""), hint)
+
+
+def against_library(report: Report, tag: str, mine, library, arrays, names, rng,
+                    hint: str = "") -> bool:
+    """Check ``mine(*tensors)``'s backward twice, on float64 copies of ``arrays``:
+
+    * against ``library(*tensors)``'s backward, for one random upstream gradient;
+    * against finite differences (:func:`finite_differences`).
+
+    Returns False when the backward could not run (not written yet, or it raised).
+    """
+    ours = [Tensor(np.array(a, np.float64), requires_grad=True) for a in arrays]
+    theirs = [Tensor(np.array(a, np.float64), requires_grad=True) for a in arrays]
+    y = mine(*ours)
+    gy = rng.standard_normal(y.shape)
+    report.attempt(f"backward ({tag})", lambda: y.backward(gy))
+    if any(t.grad is None for t in ours):
+        return False
+    library(*theirs).backward(gy)
+    for name, a, b in zip(names, ours, theirs):
+        compare(report, f"g{name} ({tag}) against the library's op", a.grad, b.grad, hint=hint)
+    finite_differences(report, f"gradcheck ({tag})", mine, arrays, names, hint)
+    return True

@@ -30,12 +30,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Report, compare, finite_differences  # noqa: E402
+from _harness import Report, against_library  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import layers as L  # noqa: E402
-from engine import Function, Tensor  # noqa: E402
+from engine import Function  # noqa: E402
 from layers.lrn import window_sum  # noqa: E402
 
 
@@ -67,17 +67,11 @@ def check():
                                               ((1, 6, 2, 3), 5, 0.5, 0.75, 2.0, 1.0),
                                               ((1, 4, 2, 2), 3, 1.0, 0.6, 1.5, 1.0)):
         tag = f"n {n}, alpha {alpha:g}, beta {beta:g}, k {k:g}"
-        x = rng.standard_normal(shape) * scale
-        mine, ref = Tensor(x.copy(), requires_grad=True), Tensor(x.copy(), requires_grad=True)
-        y = LRNExercise(n, alpha, beta, k)(mine)
-        gy = rng.standard_normal(y.shape)
-        report.attempt(f"backward ({tag})", lambda: y.backward(gy))
-        if mine.grad is None:
+        if not against_library(report, tag,
+                               lambda t, a=(n, alpha, beta, k): LRNExercise(*a)(t),
+                               lambda t, a=(n, alpha, beta, k): L.lrn(t, *a),
+                               (rng.standard_normal(shape) * scale,), ("x",), rng, hint):
             break
-        L.lrn(ref, n, alpha, beta, k).backward(gy)
-        compare(report, f"gx ({tag}) against layers.lrn", mine.grad, ref.grad, hint=hint)
-        finite_differences(report, f"gradcheck ({tag})",
-                           lambda t: LRNExercise(n, alpha, beta, k)(t), (x,), ("x",), hint)
     report.finish()
 
 
