@@ -61,8 +61,9 @@ def run_step(args, out_dir: Path, timeout: float) -> subprocess.CompletedProcess
 
 
 # ------------------------------------------------------------------------------ the steps
-def test_the_walkthrough_has_eight_numbered_steps_and_a_readme_listing_them():
-    assert [p.name[:6] for p in STEPS] == [f"step{i:02d}" for i in range(1, 9)], STEPS
+def test_the_walkthrough_has_numbered_steps_and_a_readme_listing_them():
+    assert len(STEPS) >= 8, STEPS
+    assert [p.name[:6] for p in STEPS] == [f"step{i:02d}" for i in range(1, len(STEPS) + 1)], STEPS
     readme = (WALKTHROUGH / "README.md").read_text(encoding="utf-8")
     for step in STEPS:
         assert step.name in readme, f"docs/walkthrough/README.md does not mention {step.name}"

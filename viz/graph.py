@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.backend import get_array_module, to_numpy
 from engine.module import Parameter
 from engine.tensor import Function, Tensor
 
@@ -166,13 +167,14 @@ def gradients(*outputs: Tensor, grad=None) -> dict:
     if len(outputs) != 1:
         raise ValueError("gradients: pass exactly one output tensor (e.g. the loss)")
     (out,) = outputs
+    xp = get_array_module(out.data)
+    first = xp.ones(out.shape, out.dtype) if grad is None else xp.asarray(grad)
     if out.creator is None:
-        return {("leaf", id(out)): np.ones(out.shape) if grad is None else np.asarray(grad)}
-    grads = {("out", id(out.creator), getattr(out, "_output_index", 0)):
-             np.ones(out.shape, out.dtype) if grad is None else np.asarray(grad)}
+        return {("leaf", id(out)): first}
+    grads = {("out", id(out.creator), getattr(out, "_output_index", 0)): first}
     for f in reversed(_walk([out])):
         gys = [grads.get(("out", id(f), i)) for i in range(len(f.output_specs))]
-        gys = [g if g is not None else np.zeros(shape, dtype)
+        gys = [g if g is not None else xp.zeros(shape, dtype)
                for g, (shape, dtype) in zip(gys, f.output_specs)]
         gxs = f.backward(*gys)
         gxs = gxs if isinstance(gxs, tuple) else (gxs,)
@@ -186,7 +188,7 @@ def gradients(*outputs: Tensor, grad=None) -> dict:
 
 def _fmt(a) -> str:
     """A value for a label: the number itself when small, else its mean and largest magnitude."""
-    a = np.asarray(a, dtype=np.float64)
+    a = np.asarray(to_numpy(a), dtype=np.float64)
     if a.size == 1:
         return f"{float(a.reshape(-1)[0]):.4g}"
     if a.size <= 3:
