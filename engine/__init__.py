@@ -11,13 +11,12 @@ from .module import Module, Parameter, Sequential
 from .ops import add, flatten, matmul, mean, mul, reshape, sum_to
 from .ops import sum as sum  # noqa: A004
 from .optim import SGD, PolyakAverage
-from .graph import draw_png as draw_graph, render as render_dot, to_dot
 from .profile import Profiler
 from .tensor import Function, Tensor, as_tensor, is_grad_enabled, no_grad
 
 __all__ = [
     "Tensor", "Function", "as_tensor", "no_grad", "is_grad_enabled",
-    "Module", "Parameter", "Sequential", "SGD", "PolyakAverage", "Profiler", "to_dot", "render_dot", "draw_graph",
+    "Module", "Parameter", "Sequential", "SGD", "PolyakAverage", "Profiler",
     "gradcheck", "GradcheckError", "GradcheckResult",
     "add", "mul", "matmul", "reshape", "flatten", "sum", "mean", "sum_to",
     "cuda_available", "get_array_module", "manual_seed", "normalize_device",

@@ -30,7 +30,8 @@ OUT.mkdir(parents=True, exist_ok=True)
 
 import numpy as np  # noqa: E402
 
-from engine import Profiler, Tensor, draw_graph, no_grad, render_dot, to_dot  # noqa: E402
+from engine import Profiler, Tensor, no_grad  # noqa: E402
+from viz import draw_graph, gradients, render_dot, to_dot  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
 # A toy engine over Python floats. A Node remembers its value, the nodes it was computed
@@ -140,6 +141,12 @@ for name, strategy in (("A: push along every path", backward_every_path),
     x, y = build(X0)
     visits = strategy(y)
     print(f"  {name:<38} {x.grad:.12f}   node visits: {visits}")
+    right = abs(x.grad - exact_derivative(X0)) < 1e-9
+    # A: T(k) = 3 T(k-1) + 2 visits (add, mul, and three pushes into round k-1), so
+    # T = 2 * 3^DEPTH - 1; B and C visit each of the 2 * DEPTH + 1 nodes once.
+    assert right == (strategy is not backward_first_reached), name
+    assert visits == (2 * 3 ** DEPTH - 1 if strategy is backward_every_path
+                      else 2 * DEPTH + 1), (name, visits)
 print("  -> A is right but its visits grow as 3^depth; B is cheap but wrong; C is right and\n"
       "     visits each node once.\n")
 
@@ -171,10 +178,15 @@ assert calls == 2 * DEPTH
 # d = c + a = 8, e = d*d = 64; de/dd = 2d = 16, so de/da = 16 * (b + 1) = 64 (a is used
 # twice: by the mul and by the add) and de/db = 16 * a = 32.
 #
-# engine.to_dot writes the graph in Graphviz's DOT language: functions as boxes, tensors
-# as ellipses. `dot -Tpng` turns it into a picture when Graphviz is installed; the engine
-# also draws a simpler picture with Pillow, which always works. Export *before* backward:
-# backward releases the graph as it goes, freeing what each function kept for it.
+# viz.to_dot writes the graph in Graphviz's DOT language: functions as boxes, tensors
+# as ellipses. `dot -Tpng` turns it into a picture when Graphviz is installed; viz also
+# draws a picture with Pillow, which always works. Passing the tensors we hold as
+# `values=` puts each one's value and gradient on its node, as micrograd draws it: read
+# the gradients from the bottom up and check each against the chain rule above (d's 16
+# reaches c unchanged through the add; a collects 16 * 3 from the mul and 16 from the add).
+# The engine itself frees intermediate gradients once used, so viz computes them for the
+# picture with the same reverse walk. Export *before* backward: backward releases the
+# graph as it goes, freeing what each function kept for it.
 
 a = Tensor(np.array([2.0]), requires_grad=True, name="a")
 b = Tensor(np.array([3.0]), requires_grad=True, name="b")
@@ -185,10 +197,18 @@ for name, t in (("a", a), ("b", b), ("c", c), ("d", d), ("e", e)):
     creator = type(t.creator).__name__ if t.creator is not None else "none (a leaf)"
     print(f"  {name} = {t.data[0]:4g}   generation {t.generation}   creator {creator}")
 
-dot_source = to_dot(e, name="step01")
+held = {"a": a, "b": b, "c": c, "d": d, "e": e}
+picture_grads = gradients(e)
+by_hand = {"a": 64.0, "b": 32.0, "c": 16.0, "d": 16.0, "e": 1.0}
+for name, t in held.items():
+    ident = (("out", id(t.creator), 0) if t.creator is not None else ("leaf", id(t)))
+    assert picture_grads[ident][0] == by_hand[name], (name, picture_grads[ident])
+print("  gradients on the picture (computed by viz.gradients): "
+      + ", ".join(f"de/d{k} = {v:g}" for k, v in by_hand.items()) + "  (all as by hand)")
+dot_source = to_dot(e, name="step01", values=held)
 (OUT / "step01_graph.dot").write_text(dot_source)
-draw_graph(e, png_path=str(OUT / "step01_graph.png"), params=True,
-           title="e = (a*b + a)^2")
+draw_graph(e, png_path=str(OUT / "step01_graph.png"), values=held,
+           title="e = (a*b + a)^2: values and gradients")
 rendered = render_dot(dot_source, str(OUT / "step01_graph_dot.png"))
 print(f"\nWrote {OUT / 'step01_graph.dot'} and {OUT / 'step01_graph.png'}"
       + (f" and {OUT / 'step01_graph_dot.png'} (Graphviz)" if rendered

@@ -72,7 +72,7 @@ t_loops = time.perf_counter() - t0
 macs = N * O * OH * OW * C * K * K
 print(f"x {x.shape}, w {w.shape}, stride {STRIDE}, pad {PAD} -> y {y_loops.shape}")
 print(f"1. loops:  {macs} multiply-adds in {t_loops * 1e3:.1f} ms "
-      f"({macs / t_loops / 1e6:.2f} M multiply-adds per second)")
+      f"({macs / t_loops / 1e6:.2f} M multiply-adds per second, measured)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,8 +103,55 @@ col = im2col_loops(x, K, K, STRIDE, PAD)
 col_fast = L.im2col(x, K, K, STRIDE, PAD)
 print(f"2. im2col: col {col.shape} (C*kh*kw, N*OH*OW); layers.im2col gives the same matrix: "
       f"{np.array_equal(col, col_fast)}")
+assert np.array_equal(col, col_fast) and col.shape == (C * K * K, N * OH * OW)
 print(f"   the price: col holds {col.size} numbers for an input of {x.size} "
       f"({col.size / x.size:.1f}x); a 3x3 stride-1 convolution copies each pixel 9 times.")
+
+# The column matrix as a picture. One 2-channel 4x4 image whose pixels are numbered 0..31,
+# a 3x3 kernel, stride 1, padding 1: col has 2*3*3 = 18 rows and 4*4 = 16 columns. Each
+# column is one output pixel's window, flattened channel by channel; the numbers show where
+# every input pixel went. Count the copies: an interior pixel sits in 9 windows, so it
+# appears 9 times; a corner pixel in 4 (the other taps of its windows read padding, 0).
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+demo = np.arange(32, dtype=np.float64).reshape(1, 2, 4, 4) + 1      # 1..32; 0 is padding
+demo_col = L.im2col(demo, 3, 3, 1, 1)                                # (18, 16)
+copies = np.array([(demo_col == v).sum() for v in range(1, 33)]).reshape(2, 4, 4)
+assert copies[0, 1, 1] == 9 and copies[0, 0, 0] == 4 and copies.sum() == (demo_col > 0).sum()
+pick = 5                                                             # output pixel (1, 1)
+fig, (ax_x, ax_c) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1, 1.9]})
+padded = np.pad(demo[0], ((0, 0), (1, 1), (1, 1)))
+ax_x.imshow(np.concatenate([padded[0], np.full((6, 1), np.nan), padded[1]], axis=1),
+            cmap="Blues", vmin=-8, vmax=40)
+for (r, c), v in np.ndenumerate(np.concatenate([padded[0], np.zeros((6, 1)), padded[1]], 1)):
+    if c != 6:
+        ax_x.text(c, r, f"{v:.0f}", ha="center", va="center", fontsize=9,
+                  color="grey" if v == 0 else "black")
+for offset in (0, 7):                               # the window of output pixel (1, 1)
+    ax_x.add_patch(Rectangle((offset + 1 - 0.5, 1 - 0.5), 3, 3, fill=False, ec="red", lw=2.5))
+ax_x.set_title("padded input: channel 0 | channel 1\n(red: the 3x3 window of output pixel (1, 1))")
+ax_x.axis("off")
+ax_c.imshow(demo_col, cmap="Blues", vmin=-8, vmax=40, aspect="auto")
+for (r, c), v in np.ndenumerate(demo_col):
+    ax_c.text(c, r, f"{v:.0f}", ha="center", va="center", fontsize=7,
+              color="grey" if v == 0 else "black")
+ax_c.add_patch(Rectangle((pick - 0.5, -0.5), 1, 18, fill=False, ec="red", lw=2.5))
+ax_c.set_xticks(range(16), [f"{p},{q}" for p in range(4) for q in range(4)], fontsize=7)
+ax_c.set_yticks(range(18), [f"c{c} {i},{j}" for c in range(2) for i in range(3)
+                            for j in range(3)], fontsize=7)
+ax_c.set_xlabel("column = output pixel (p, q)")
+ax_c.set_ylabel("row = (channel, tap i, tap j)")
+ax_c.set_title("col = im2col(x): 18 x 16, one column per output pixel "
+               "(red: pixel (1, 1)'s window, flattened)")
+fig.tight_layout()
+fig.savefig(OUT / "step02_im2col.png", dpi=80)
+plt.close(fig)
+print(f"   picture of a column matrix: {OUT / 'step02_im2col.png'} (interior pixels copied "
+      f"{copies[0, 1, 1]} times, corners {copies[0, 0, 0]})")
 
 # ---------------------------------------------------------------------------------------
 # 3. One GEMM. Every output pixel's column times every filter's row is exactly a matrix
@@ -128,22 +175,34 @@ assert np.allclose(y_gemm, y_loops, atol=1e-12) and np.allclose(y_layer, y_loops
 # BLAS library behind NumPy blocks it for the caches and the vector units. Same sums, very
 # different speed. Time both on a GoogLeNet-sized layer: inception_3a's 3x3 branch, 96 -> 128
 # channels at 28x28, one image (86.7 M multiply-adds). The loops would take minutes in
-# Python, so time them on a corner of the problem and scale up.
+# Python, so time them on a corner of the problem and scale up (an estimate: the loops'
+# rate does not depend on the size). The layer is called once untimed first: its first
+# call compiles the Numba helpers of kernels/cpu (or loads them from Numba's cache) and
+# allocates its workspace, which is seconds, not the convolution's speed. All the times
+# are measurements on this machine, per image; they vary from run to run.
+import statistics  # noqa: E402
+
 xb = rng.standard_normal((1, 96, 28, 28)).astype(np.float32)
 wb = rng.standard_normal((128, 96, 3, 3)).astype(np.float32)
 bb = np.zeros(128, np.float32)
 big_macs = 128 * 96 * 9 * 28 * 28
+assert big_macs == 86_704_128
 t0 = time.perf_counter()
 conv2d_loops(xb[:, :4, :6, :6], wb[:2, :4], bb[:2], 1, 1)       # 2 filters, 4 channels, 6x6
 loop_rate = (2 * 4 * 9 * 36) / (time.perf_counter() - t0)
 t0 = time.perf_counter()
-reps = 5
-for _ in range(reps):
+L.conv2d(xb, wb, bb, stride=1, pad=1)                             # warm-up, untimed
+first_call = time.perf_counter() - t0
+times = []
+for _ in range(5):
+    t0 = time.perf_counter()
     y_big = L.conv2d(xb, wb, bb, stride=1, pad=1)
-gemm_rate = big_macs * reps / (time.perf_counter() - t0)
-print(f"\ninception_3a 3x3 ({big_macs / 1e6:.1f} M multiply-adds): loops would take about "
-      f"{big_macs / loop_rate:.0f} s; im2col + GEMM takes {big_macs / gemm_rate * 1e3:.1f} ms "
-      f"({gemm_rate / loop_rate:,.0f}x faster)")
+    times.append(time.perf_counter() - t0)
+gemm_s = statistics.median(times)
+print(f"\ninception_3a 3x3 ({big_macs / 1e6:.1f} M multiply-adds, one image): loops would take "
+      f"about {big_macs / loop_rate:.0f} s (estimated); im2col + GEMM takes {gemm_s * 1e3:.1f} ms "
+      f"(median of 5 after a warm-up call that took {first_call * 1e3:.0f} ms), about "
+      f"{big_macs / loop_rate / gemm_s:,.0f}x faster (measured on this machine)")
 
 # ---------------------------------------------------------------------------------------
 # Why a 1x1 convolution needs no im2col. With kh = kw = 1, stride 1 and no padding, each
@@ -162,14 +221,19 @@ print(f"\n1x1 convolution: x[0].reshape(C, H*W) is a view of x (no copy): "
 col1 = L.im2col(x1, 1, 1, 1, 0)
 per_image = np.stack([x1[n].reshape(192, -1) for n in range(2)], axis=1).reshape(192, -1)
 print(f"  im2col with a 1x1 kernel only reorders x: {np.array_equal(col1, per_image)}")
+assert np.array_equal(col1, per_image)
 y1 = np.matmul(w1.reshape(64, 192), x1.reshape(2, 192, 28 * 28)).reshape(2, 64, 28, 28)
-print(f"  batched GEMM on the view vs layers.conv2d: max diff "
-      f"{np.abs(y1 - L.conv2d(x1, w1).data).max():.2e}")
+gemm_diff = np.abs(y1 - L.conv2d(x1, w1).data).max()
+print(f"  batched GEMM on the view vs layers.conv2d: max diff {gemm_diff:.2e}")
+assert gemm_diff < 1e-3
 
 from models.googlenet import GoogLeNet  # noqa: E402
 
 net = GoogLeNet(num_classes=1000, seed=0)
 convs = [(name, m) for name, m in net.named_modules() if isinstance(m, L.Conv2d)]
 pointwise = [name for name, m in convs if m.ksize == 1 and m.stride == 1 and m.pad == 0]
+main_convs = [name for name, _ in convs if not name.startswith("aux")]
 print(f"  GoogLeNet (with its two aux heads) has {len(convs)} convolutions; {len(pointwise)} "
-      f"of them are 1x1 stride 1 and skip im2col.")
+      f"of them are 1x1 stride 1 and skip im2col. Without the aux heads: {len(main_convs)} "
+      f"convolutions and the classifier, the 58 layers with weights.")
+assert (len(convs), len(pointwise), len(main_convs)) == (59, 39, 57)

@@ -164,3 +164,67 @@ for name, impl in (("layers.col2im (adds)", L.col2im),
     print(f"  derivatives that disagree with finite differences: {wrong or 'none'}")
     assert res.ok == (impl is L.col2im)
 print(f"(gx has {x.size} entries; gw and gb do not go through col2im, so they stay right)")
+
+# ---------------------------------------------------------------------------------------
+# How small should the step h be? Two errors pull in opposite directions. Truncation: the
+# central difference is exact for a quadratic, and off by about h^2/6 * f''' otherwise, so
+# it shrinks as h^2. Rounding: L(x + h d) and L(x - h d) are each computed with a relative
+# error of about eps (2.2e-16 in float64, 6e-8 in float32), and their difference is then
+# divided by 2h, so it grows as eps/h. The total is smallest where the two meet, near
+# h ~ eps^(1/3) (times a factor that depends on the function): around 1e-5 in float64,
+# around 1e-2 in float32, where float32's best is still about 1e-6 of the derivative, some
+# 10^4 to 10^5 times worse than float64's: too coarse to tell a right gradient from a
+# slightly wrong one. That is why gradcheck works in float64 (and uses h = 1e-6). The
+# run below prints where each minimum fell (a measurement) and asserts only the shape:
+# a valley in float64 with both walls, and float32 far above it.
+#
+# A convolution is linear in x, so its central difference has no truncation error at all;
+# to see both effects we differentiate a smooth non-linear layer instead: LRN with a large
+# alpha, along one random direction d, against the backward's exact <grad, d>.
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+xs = rng.standard_normal((2, 6, 4, 4))
+r_out = rng.standard_normal(xs.shape)
+direction = rng.standard_normal(xs.shape)
+direction /= np.linalg.norm(direction)
+xt = Tensor(xs.copy(), requires_grad=True)
+L.lrn(xt, alpha=2.0).backward(r_out)
+exact = float((xt.grad * direction).sum())
+steps = np.logspace(-13, -0.5, 26)
+errors = {}
+for dtype in (np.float64, np.float32):
+    def loss_at(a, dtype=dtype):
+        return float((L.lrn(Tensor(a.astype(dtype)), alpha=2.0).data.astype(np.float64)
+                      * r_out).sum())
+    errors[dtype] = np.array([abs((loss_at(xs + h * direction) - loss_at(xs - h * direction))
+                                  / (2 * h) - exact) / abs(exact) for h in steps])
+best = {dtype: steps[int(np.argmin(e))] for dtype, e in errors.items()}
+print(f"\nrelative error of the central difference against the backward (LRN, alpha 2):")
+for dtype, e in errors.items():
+    print(f"  {np.dtype(dtype).name}: smallest {e.min():.1e} at h = {best[dtype]:.0e}; "
+          f"{e[-1]:.1e} at h = {steps[-1]:.1g}; {e[0]:.1e} at h = {steps[0]:.0e}")
+e64 = errors[np.float64]
+assert 1e-8 <= best[np.float64] <= 1e-3 and e64.min() < 1e-8
+assert e64[0] > 100 * e64.min() and e64[-1] > 100 * e64.min()     # both sides of the valley
+assert errors[np.float32].min() > 100 * e64.min()                   # float32 cannot get close
+fig, ax = plt.subplots(figsize=(7.5, 4.8))
+for dtype, style in ((np.float64, "o-"), (np.float32, "s-")):
+    ax.loglog(steps, np.maximum(errors[dtype], 1e-17), style, label=f"{np.dtype(dtype).name}")
+guide = e64.min() * (steps / best[np.float64]) ** 2
+ax.loglog(steps, guide, ":", color="grey", label="slope 2: truncation ~ h^2")
+ax.loglog(steps, e64.min() * best[np.float64] / steps, "--", color="grey",
+          label="slope -1: rounding ~ eps / h")
+ax.axvline(1e-6, color="green", alpha=0.4, label="gradcheck's h = 1e-6")
+ax.set_ylim(1e-13, 10)
+ax.set_xlabel("step h")
+ax.set_ylabel("|central difference - backward| / |backward|")
+ax.set_title("finite differences: truncation against rounding (LRN, one direction)")
+ax.grid(alpha=0.3, which="both")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(OUT / "step03_gradcheck_h.png", dpi=90)
+plt.close(fig)
+print(f"wrote {OUT / 'step03_gradcheck_h.png'}")

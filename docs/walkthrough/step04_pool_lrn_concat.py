@@ -31,11 +31,14 @@ rng = np.random.default_rng(0)
 #    and every later layer would be the wrong size.
 print("3x3/2 max pooling output sizes   ceil (Caffe)   floor")
 size_ceil = size_floor = 112
+sizes = []
 for _ in range(4):
     new_ceil = caffe.pooled_size(size_ceil, 3, 2, 0, ceil_mode=True)
     new_floor = caffe.pooled_size(size_floor, 3, 2, 0, ceil_mode=False)
     print(f"  {size_ceil:>3} / {size_floor:<3} ->{new_ceil:>25}{new_floor:>9}")
     size_ceil, size_floor = new_ceil, new_floor
+    sizes.append((new_ceil, new_floor))
+assert sizes == [(56, 55), (28, 27), (14, 13), (7, 6)]
 
 
 # The definition in loops, ceil mode included: windows start at 0, s, 2s, ... and are
@@ -58,6 +61,7 @@ print(f"\n6x6 input, 3x3/2 windows: ceil mode gives {y.shape[2]}x{y.shape[3]} "
       f"the last row and column of windows cover only 2 pixels")
 print("input:\n", x[0, 0].astype(int))
 print("output (layers.max_pool2d):\n", y.data[0, 0].astype(int))
+assert y.shape[2:] == (3, 3) and floor == 2
 assert np.array_equal(y.data, max_pool_loops(x, 3, 2))
 print("same as the loops: True")
 
@@ -67,6 +71,7 @@ print("same as the loops: True")
 xt = Tensor(x, requires_grad=True)
 L.max_pool2d(xt, 3, 2).backward(np.ones((1, 1, 3, 3)))
 print("gradient of sum(y) with respect to x (windows each pixel won):\n", xt.grad[0, 0].astype(int))
+assert xt.grad.sum() == 9                  # nine windows, each sends its 1 to one winner
 
 # ---------------------------------------------------------------------------------------
 # 2. Local response normalisation across channels (AlexNet's LRN, placed after pool1 and
@@ -97,6 +102,8 @@ y = L.lrn(Tensor(x)).data
 print("\nLRN: channel 3 is loud (300), the others are 10")
 print("  y / x per channel:", np.round(y[0, :, 0, 0] / x[0, :, 0, 0], 3))
 print("  channels 1-5 share a window with channel 3 and are scaled down more")
+ratio = y[0, :, 0, 0] / x[0, :, 0, 0]
+assert ratio[1:6].max() < ratio[[0, 6, 7]].min()
 assert np.allclose(y, lrn_loops(x))
 x = rng.standard_normal((2, 7, 3, 3)) * 30
 assert np.allclose(L.lrn(Tensor(x)).data, lrn_loops(x))

@@ -29,8 +29,8 @@ OUT.mkdir(parents=True, exist_ok=True)
 import numpy as np  # noqa: E402
 
 import layers as L  # noqa: E402
-from engine import (Module, Profiler, Tensor, draw_graph, manual_seed, no_grad,  # noqa: E402
-                    render_dot, to_dot)
+from engine import Module, Profiler, Tensor, manual_seed, no_grad  # noqa: E402
+from viz import draw_graph, render_dot, to_dot  # noqa: E402
 from models.googlenet import INCEPTION, Inception, conv_relu  # noqa: E402
 
 C_IN, SIDE = 192, 28
@@ -78,7 +78,11 @@ real_3b = sum(conv_cost(cin, cout, k)[0] for cin, cout, k in (
     (real_in, npp, 1)))
 print(f"two modules deep: naive 3b on {wide} channels costs {naive_3b / 1e6:.0f}M MACs and "
       f"outputs {wide + n1 + n3 + n5} channels; the real 3b costs {real_3b / 1e6:.0f}M "
-      f"(Table 1: 304M) and outputs {n1 + n3 + n5 + npp}.\n")
+      f"(the paper's Table 1 prints 304M) and outputs {n1 + n3 + n5 + npp}.\n")
+# The figures above, as computed (the paper prints 128M for 3a and 304M for 3b):
+assert (int(naive_macs / 1e6), int(real_macs / 1e6), int(naive_3b / 1e6)) == (303, 128, 1388)
+assert abs(real_3b / 304e6 - 1) < 0.005 and round(naive_macs / real_macs, 1) == 2.4
+assert (c1 + c3 + c5 + C_IN, c1 + c3 + c5 + pp, wide + n1 + n3 + n5) == (416, 256, 832)
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ for name, module in modules.items():
     assert measured == expected and params == (naive_params if name == "naive" else real_params)
 
 # ---------------------------------------------------------------------------------------
-# Pictures of both graphs. engine.to_dot walks the graph back from the output; naming the
+# Pictures of both graphs. viz.to_dot walks the graph back from the output; naming the
 # module's parameters (names=module) labels each convolution by its attribute name. The
 # Pillow drawing leaves the weights out and always works; the Graphviz one (when `dot` is
 # installed) shows every weight and bias as well. The input is marked requires_grad so the

@@ -31,22 +31,36 @@ from models.googlenet import GoogLeNet, training_loss  # noqa: E402
 # time is its own; that also makes the whole step slower than an unprofiled one.)
 #
 # We profile two 224x224 images through a whole training step, aux heads included: the
-# paper's shapes exactly, about 3 x 1.6 G multiply-adds per image.
+# paper's shapes exactly, about 3 x 1.6 G multiply-adds per image. One whole training step
+# runs first, untimed, on the same batch: first calls pay for compiling the Numba kernels
+# (or loading them from Numba's cache) and for allocating workspaces, and a profile that
+# included them would blame those costs on whichever layers happened to come first.
 manual_seed(0)
 net = GoogLeNet(num_classes=1000, seed=0)
-opt = SGD(net.parameters(), lr=0.01, momentum=0.9)
+opt = SGD(net.parameters(), lr=0.0, momentum=0.0)       # lr 0: every step sees the same weights
 images = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
 labels = np.array([1, 2])
-net(images[:1])                    # warm-up: first calls pay for memory allocation
-with Profiler(net) as prof:
-    t0 = time.perf_counter()
+
+
+def training_step():
     loss, _ = training_loss(net(images), labels)
     opt.zero_grad()
     loss.backward()
+    opt.step()
+
+
+training_step()                    # warm-up, untimed
+with Profiler(net) as prof:
+    t0 = time.perf_counter()
+    training_step()
     wall = time.perf_counter() - t0
-opt.step()
-print(f"one training step, batch 2 at 224x224: {wall:.2f} s on the CPU\n")
+print(f"one training step, batch 2 at 224x224: {wall:.2f} s on the CPU (a measurement)\n")
 print(prof.table())
+forward_macs = sum(r.macs for r in prof.records if r.phase == "forward")
+print(f"(times are for the whole step of 2 images; the MACs column counts each layer's forward "
+      f"multiply-adds for the whole batch: {forward_macs / 1e9:.2f} G, "
+      f"{forward_macs / 2e9:.3f} G per image, main path and aux heads)")
+assert abs(forward_macs / 2 / 1.5916e9 - 1) < 0.001      # 1.583 G + 2 x 4.2 M (aux heads)
 
 # The same records, grouped by what the ops are rather than by where they sit.
 by_op = {}
@@ -86,8 +100,100 @@ for k in sorted(kinds):
           f"{(e['forward'] + e['backward']) / conv_seconds:>15.0%}"
           f"{2 * e['macs'] / e['forward'] / 1e9:>13.1f}"
           f"{2 * e['backward_macs'] / e['backward'] / 1e9:>13.1f}")
-print("(multi-threaded BLAS on a machine whose cores are busy with other work can be much\n"
-      " slower than one thread: OPENBLAS_NUM_THREADS=1 is worth a try when times look odd.)")
+print("(GFLOP/s are measurements, 2 FLOPs per multiply-add. Multi-threaded BLAS on a machine\n"
+      " whose cores are busy with other work can be much slower than one thread:\n"
+      " OPENBLAS_NUM_THREADS=1 is worth a try when times look odd.)")
+
+# ---------------------------------------------------------------------------------------
+# A roofline. A layer is limited either by arithmetic (the machine's peak FLOP/s) or by
+# memory traffic (bytes per second times FLOPs per byte): attainable = min(peak,
+# intensity x bandwidth), with intensity = FLOPs / bytes moved. We measure the two ceilings
+# here, quickly, with every core this process may use working at once (the convolutions
+# spread a batch's images over the cores too): the peak as NumPy's float32 matrix product
+# (SGEMM) on 1024 x 1024 matrices, one per core, the bandwidth as copies of 64 MB arrays
+# (read once, written once), one per core. Each convolution's intensity counts the least
+# traffic it could get away with (read x and w once, write y once, float32); its attained
+# rate is its forward time in the profile above. Points near the sloped roof are starved
+# for data; points far below both roofs lose time elsewhere (im2col copies, small
+# matrices, threads waiting). All of it is measured, and noisy on a shared machine: a point
+# a little above the flat roof means the 1024 x 1024 SGEMM is not quite this machine's
+# best case, or that the machine was busier while the ceilings were measured.
+import threading  # noqa: E402
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def best_seconds(fn, repeat=5):
+    """Shortest wall time of ``fn`` run by ``cores`` threads at once (NumPy releases the GIL):
+    a ceiling is the best the machine did, so the fastest of a few runs, not the median."""
+    def together():
+        threads = [threading.Thread(target=fn) for _ in range(cores)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    together()                                         # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        together()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+a = np.random.default_rng(1).standard_normal((1024, 1024)).astype(np.float32)
+peak = cores * 2 * 1024 ** 3 / best_seconds(lambda: a @ a) / 1e9               # GFLOP/s
+srcs = [np.ones(16 * 2 ** 20, np.float32) for _ in range(cores)]                  # 64 MB each
+dsts = [np.empty_like(x) for x in srcs]
+turn = iter(range(10 ** 9))
+
+
+def copy_one():
+    i = next(turn) % cores
+    np.copyto(dsts[i], srcs[i])
+
+
+bandwidth = cores * 2 * srcs[0].nbytes / best_seconds(copy_one) / 1e9            # GB/s
+del srcs, dsts
+print(f"\nceilings on {cores} cores (measurements): SGEMM {peak:.0f} GFLOP/s, memory copy "
+      f"{bandwidth:.1f} GB/s")
+
+convs = {name: m for name, m in net.named_modules() if isinstance(m, L.Conv2d)}
+points = []                                            # (name, k, intensity, GFLOP/s)
+for r in prof.records:
+    if r.op == "Conv2dFunction" and r.phase == "forward" and r.scope in convs:
+        m = convs[r.scope]
+        n, c_out, h, w = r.out_shapes[0]
+        c_in = m.weight.shape[1]
+        moved = 4 * (n * c_in * h * m.stride * w * m.stride + m.weight.size + n * c_out * h * w)
+        points.append((r.scope, m.ksize, 2 * r.macs / moved, 2 * r.macs / r.seconds / 1e9))
+assert len(points) == 59
+fig, ax = plt.subplots(figsize=(8, 5))
+ai = np.logspace(-1, 3, 200)
+ax.loglog(ai, np.minimum(peak, ai * bandwidth), "k-", lw=2, label="roof: min(SGEMM, AI x copy BW)")
+for k, colour in ((1, "tab:blue"), (3, "tab:orange"), (5, "tab:green"), (7, "tab:red")):
+    sel = [(x, y) for _, kk, x, y in points if kk == k]
+    if sel:
+        ax.loglog(*zip(*sel), "o", color=colour, alpha=0.75, label=f"{k}x{k} convolutions")
+ax.set_xlabel("arithmetic intensity (FLOPs per byte of x, w and y)")
+ax.set_ylabel("attained GFLOP/s (forward)")
+ax.set_title(f"GoogLeNet's 59 convolutions on this CPU, batch 2 (measured)")
+ax.grid(alpha=0.3, which="both")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(OUT / "step08_roofline.png", dpi=90)
+plt.close(fig)
+ridge = peak / bandwidth
+below = sum(x < ridge for _, _, x, _ in points)
+above = sum(y > peak for _, _, _, y in points)
+print(f"ridge point at {ridge:.0f} FLOPs/byte: {below} of {len(points)} convolutions sit left "
+      f"of it (could be memory-bound), {above} above the SGEMM roof; wrote "
+      f"{OUT / 'step08_roofline.png'}")
 
 # ---------------------------------------------------------------------------------------
 # Part 2. The CUDA kernel lab. On a GPU the im2col + GEMM recipe still works (CuPy's GEMM
@@ -153,10 +259,10 @@ else:
 # executes the exact launch plan the GPU would get. That checks each version's index
 # arithmetic against the NumPy reference on tiny problems; it says nothing about speed.
 def run_emulation():
-    """Without a GPU: run each forward version through the CPU emulation on a tiny problem."""
+    """Without a GPU: run every kernel version through the CPU emulation on a tiny problem."""
     try:
         from kernels import emu, lab
-        from kernels.conv_cuda import Problem, versions
+        from kernels.conv_cuda import DIRECTIONS, Problem, versions
     except Exception as exc:                                   # noqa: BLE001
         print(f"kernel lab not importable ({type(exc).__name__}: {exc}); skipped")
         return
@@ -165,15 +271,20 @@ def run_emulation():
         return
     problem = Problem(2, 8, 6, 6, 12, 3)       # N, C, H, W, K (output channels), kernel size
     print(f"CPU emulation (kernels/emu.py: every CUDA thread an OS thread), problem "
-          f"N,C,H,W,K,k = {problem.as_tuple()}:")
-    for version in versions("fwd"):
-        try:
-            check = lab.validate("fwd", version, problem, backend="emu")
-        except Exception as exc:                               # noqa: BLE001
-            print(f"  fwd {version}: error ({type(exc).__name__}: {exc})")
-            continue
-        print(f"  fwd {version}: relative error {check.rel:.1e} (tolerance {check.tol:.1e}), "
-              f"{'valid' if check.ok else 'INVALID'}")
+          f"N,C,H,W,K,k = {problem.as_tuple()}, every version of every direction:")
+    failed = 0
+    for direction in DIRECTIONS:
+        for version in versions(direction):
+            try:
+                check = lab.validate(direction, version, problem, backend="emu")
+            except Exception as exc:                           # noqa: BLE001
+                print(f"  {direction:<11}{version}: error ({type(exc).__name__}: {exc})")
+                failed += 1
+                continue
+            print(f"  {direction:<11}{version}: relative error {check.rel:.1e} (tolerance "
+                  f"{check.tol:.1e}), {'valid' if check.ok else 'INVALID'}")
+            failed += not check.ok
+    assert failed == 0, f"{failed} kernel versions failed validation in the emulation"
 
 
 def run_gpu():

@@ -8,7 +8,7 @@ every function its ``inputs``, so the graph behind a result can be walked back f
     render(source, "model.png")                      # False when Graphviz is not installed
     draw_png(y, png_path="model_pil.png", names=model)   # always works (Pillow only)
 
-(``engine`` exports them as ``to_dot``, ``render_dot`` and ``draw_graph``.)
+(``viz`` exports them as ``to_dot``, ``render_dot`` and ``draw_graph``.)
 
 In the picture, functions are boxes (op name, settings such as kernel size, output shape)
 and tensors are ellipses (name or role, shape). Only the tensors that enter the graph from
@@ -19,6 +19,15 @@ A tensor used by several functions (an Inception input feeds four branches) is o
 
 ``backward`` releases the graph as it walks it (each function forgets its inputs), so export
 *before* calling backward, or call ``backward(retain_graph=True)``.
+
+Values and gradients on the nodes (micrograd's picture): pass the tensors you hold as
+``tensors={"a": a, "c": c, ...}`` and every one of them becomes a node showing its name, its
+value and its gradient. The engine frees the gradients of intermediate results as soon as
+they are used, so :func:`gradients` computes them for the picture by walking the graph once
+in reverse topological order, as ``engine.tensor.run_backward`` does, but keeping each one:
+
+    e = (a * b + a) * (a * b + a)
+    draw_png(e, png_path="e.png", tensors={"a": a, "b": b, "e": e})   # values and gradients
 """
 from __future__ import annotations
 
@@ -29,10 +38,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .module import Parameter
-from .tensor import Function, Tensor
+from engine.backend import get_array_module, to_numpy
+from engine.module import Parameter
+from engine.tensor import Function, Tensor
 
-__all__ = ["Graph", "build_graph", "to_dot", "render", "draw_png"]
+__all__ = ["Graph", "build_graph", "gradients", "layout", "to_dot", "render", "draw_png",
+           "draw_network"]
 
 
 # ------------------------------------------------------------------ the graph as data
@@ -144,8 +155,49 @@ def _walk(roots) -> list:
     return order
 
 
+def gradients(*outputs: Tensor, grad=None) -> dict:
+    """d(output)/d(every tensor in the graph), without touching any ``.grad`` or the graph.
+
+    Returns ``{("out", id(function), output index): array, ("leaf", id(tensor)): array}``.
+    ``grad`` is the gradient arriving at the (single) output, ones by default. The walk is
+    ``run_backward``'s: functions newest first (reverse topological order), each called once
+    with the summed gradients of its outputs; but every intermediate gradient is kept and no
+    function is released, so ``backward()`` can still be called afterwards.
+    """
+    if len(outputs) != 1:
+        raise ValueError("gradients: pass exactly one output tensor (e.g. the loss)")
+    (out,) = outputs
+    xp = get_array_module(out.data)
+    first = xp.ones(out.shape, out.dtype) if grad is None else xp.asarray(grad)
+    if out.creator is None:
+        return {("leaf", id(out)): first}
+    grads = {("out", id(out.creator), getattr(out, "_output_index", 0)): first}
+    for f in reversed(_walk([out])):
+        gys = [grads.get(("out", id(f), i)) for i in range(len(f.output_specs))]
+        gys = [g if g is not None else xp.zeros(shape, dtype)
+               for g, (shape, dtype) in zip(gys, f.output_specs)]
+        gxs = f.backward(*gys)
+        gxs = gxs if isinstance(gxs, tuple) else (gxs,)
+        for (kind, obj, index, _), g in zip(_input_edges(f), gxs):
+            if g is None or kind == "constant":
+                continue
+            key = ("out", id(obj), index) if kind == "function" else ("leaf", id(obj))
+            grads[key] = grads[key] + g if key in grads else g
+    return grads
+
+
+def _fmt(a) -> str:
+    """A value for a label: the number itself when small, else its mean and largest magnitude."""
+    a = np.asarray(to_numpy(a), dtype=np.float64)
+    if a.size == 1:
+        return f"{float(a.reshape(-1)[0]):.4g}"
+    if a.size <= 3:
+        return "[" + " ".join(f"{v:.3g}" for v in a.reshape(-1)) + "]"
+    return f"mean {a.mean():.3g}, max|.| {np.abs(a).max():.3g}"
+
+
 def build_graph(*tensors: Tensor, names=None, params: bool = True,
-                intermediates: bool = False) -> Graph:
+                intermediates: bool = False, values: dict | None = None) -> Graph:
     """The graph that computed ``tensors``, as nodes and edges (see the module docstring).
 
     ``names``: a ``Module`` (its parameters are labelled by their dotted names) or a dict
@@ -154,8 +206,21 @@ def build_graph(*tensors: Tensor, names=None, params: bool = True,
 
     An input that needs no gradient is not kept by the graph (only its shape is), so each
     use of it is a node of its own; create it with ``requires_grad=True`` to see one node.
+
+    ``values``: ``{"name": tensor}`` of tensors to label with their name, value and gradient
+    (computed by :func:`gradients` from the first output); it implies ``intermediates=True``.
     """
     roots = list(tensors)
+    annotate = {}                       # node identity -> (name, value, gradient)
+    if values:
+        if not all(isinstance(t, Tensor) for t in values.values()):
+            raise TypeError("graph export: values must map names to Tensors")
+        intermediates = True
+        grads = gradients(roots[0])
+        for label, t in values.items():
+            ident = (("out", id(t.creator), getattr(t, "_output_index", 0))
+                     if t.creator is not None else ("leaf", id(t)))
+            annotate[ident] = (label, t.numpy(), grads.get(ident))
     if not all(isinstance(t, Tensor) for t in roots):
         raise TypeError("graph export: pass the output Tensors (e.g. the loss or the logits)")
     names = _param_names(names)
@@ -164,6 +229,10 @@ def build_graph(*tensors: Tensor, names=None, params: bool = True,
 
     def add(ident, kind, lines, op=""):
         key = f"n{len(graph.nodes)}"
+        if ident in annotate:
+            label, value, grad = annotate[ident]
+            lines = [label, "data " + _fmt(value),
+                     "grad " + ("-" if grad is None else _fmt(grad))]
         if ident is not None:
             keys[ident] = key
         graph.nodes.append(Node(key, kind, lines, op))
@@ -214,8 +283,9 @@ def build_graph(*tensors: Tensor, names=None, params: bool = True,
         outs = [_shape(spec[0]) for spec in f.output_specs]
         shapes = [e[3] for e in edges]
         scope, settings = _scope(edges, names), _settings(f, shapes)
-        lines = ([scope] if scope else []) + [(_op_name(f) + " " + settings).strip(),
-                                              " | ".join(outs)]
+        lines = ([scope] if scope else []) + [(_op_name(f) + " " + settings).strip()]
+        if not annotate:                 # with values, the tensor nodes carry the shapes
+            lines.append(" | ".join(outs))
         key = add(("fn", id(f)), "function", lines, type(f).__name__)
         graph.edges += [(src, key) for src in sources if src is not None]
     for t in roots:
@@ -257,14 +327,15 @@ def _quote(text: str) -> str:
 
 
 def to_dot(*tensors: Tensor, name: str = "graph", names=None, params: bool = True,
-           intermediates: bool = False) -> str:
+           intermediates: bool = False, values: dict | None = None) -> str:
     """Graphviz DOT source of the graph that computed ``tensors`` (top to bottom).
 
     ``names``: a ``Module`` or ``{id(param): "conv1.weight"}`` to label parameters and to say
     which module each function belongs to. Raises ``ValueError`` if backward already released
     the graph. Render with :func:`render` or ``dot -Tpng graph.dot -o graph.png``.
     """
-    graph = build_graph(*tensors, names=names, params=params, intermediates=intermediates)
+    graph = build_graph(*tensors, names=names, params=params, intermediates=intermediates,
+                        values=values)
     lines = [f'digraph "{_quote(name)}" {{',
              "  rankdir=TB;",
              '  node [fontname="Helvetica", fontsize=10];',
@@ -297,7 +368,7 @@ def render(dot_source: str, png_path: str, timeout: float = 60.0) -> bool:
 
 
 # ----------------------------------------------------------------- Pillow drawing
-def _layers(graph: Graph):
+def layout(graph: Graph):
     """Longest-path layering, with a dummy point on every layer a long edge crosses.
 
     Returns (rows: list of lists of keys, a dummy key being ("d", edge index, layer)),
@@ -347,18 +418,19 @@ def _layers(graph: Graph):
 
 
 def draw_png(*tensors: Tensor, png_path: str, names=None, params: bool = False,
-             title: str | None = None) -> str:
+             title: str | None = None, values: dict | None = None) -> str:
     """Draw the graph with Pillow (boxes and arrows, top to bottom) into ``png_path``.
 
     A fallback for machines without Graphviz: no edge routing beyond straight segments, so it
     suits module-sized graphs (an Inception module, a few layers), not a whole network.
     Parameters are left out by default (``params=True`` draws them as ellipses).
+    ``values={"a": a, ...}`` labels those tensors with their value and gradient.
     """
     from PIL import Image, ImageDraw, ImageFont   # Pillow is a dependency of the project
 
-    graph = build_graph(*tensors, names=names, params=params)
+    graph = build_graph(*tensors, names=names, params=params or bool(values), values=values)
     nodes = {n.key: n for n in graph.nodes}
-    rows, paths = _layers(graph)
+    rows, paths = layout(graph)
 
     def font(size):
         try:
@@ -380,6 +452,8 @@ def draw_png(*tensors: Tensor, png_path: str, names=None, params: bool = False,
     title_h = text_box(title, title_font)[1] + 16 if title else 0
     slots = max(len(r) for r in rows)
     width = margin * 2 + slots * box_w + (slots - 1) * gap_x
+    if title:
+        width = max(width, text_box(title, title_font)[0] + 2 * margin)
     height = margin * 2 + title_h + len(rows) * box_h + (len(rows) - 1) * gap_y
 
     centre = {}
@@ -464,4 +538,52 @@ def draw_png(*tensors: Tensor, png_path: str, names=None, params: bool = False,
 
     os.makedirs(os.path.dirname(os.path.abspath(png_path)) or ".", exist_ok=True)
     img.save(png_path, format="PNG")
+    return png_path
+
+
+# ------------------------------------------------------------- a whole network (matplotlib)
+def draw_network(*tensors: Tensor, png_path: str, names=None, title: str | None = None,
+                 row_height: float = 0.32, dpi: int = 60) -> str:
+    """Draw a whole network's graph top to bottom with matplotlib, like the paper's Figure 3.
+
+    One small coloured box per function (op and settings, no shapes), parameters left out,
+    layered by longest path from the input (:func:`layout`), so parallel branches (an
+    Inception module's four, an auxiliary head) sit side by side. Meant for networks of
+    hundreds of ops, where :func:`draw_png`'s labelled boxes would not fit.
+    """
+    import matplotlib                         # imported here: only this picture needs it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    graph = build_graph(*tensors, names=names, params=False)
+    rows, paths = layout(graph)
+    nodes = {n.key: n for n in graph.nodes}
+    width = max(len(r) for r in rows)
+    pos = {}
+    for level, row in enumerate(rows):
+        for i, key in enumerate(row):
+            pos[key] = (i - (len(row) - 1) / 2, -level)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * width), row_height * len(rows) + 1))
+    for path in paths:
+        xs, ys = zip(*(pos[k] for k in path))
+        ax.plot(xs, ys, color="#777777", lw=0.6, zorder=1)
+    for key, node in nodes.items():
+        x, y = pos[key]
+        text = node.lines[-2] if node.kind == "function" and len(node.lines) >= 2 else node.lines[0]
+        colour = _fill(node.op) if node.kind == "function" else "#d9f2d9"
+        ax.add_patch(FancyBboxPatch((x - 0.44, y - 0.3), 0.88, 0.6,
+                                    boxstyle="round,pad=0.02", fc=colour, ec="#555555",
+                                    lw=0.5, zorder=2))
+        ax.text(x, y, text.replace("Function", ""), ha="center", va="center", fontsize=6,
+                zorder=3)
+    ax.set_xlim(-width / 2 - 0.2, width / 2 + 0.2)
+    ax.set_ylim(-len(rows) + 0.4, 0.6)
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)) or ".", exist_ok=True)
+    fig.savefig(png_path, dpi=dpi)
+    plt.close(fig)
     return png_path
