@@ -244,3 +244,41 @@ def load_weights(model, weights: dict, path: str, which: str) -> None:
     except (KeyError, ValueError) as exc:
         msg = exc.args[0] if exc.args else exc
         raise CheckpointError(f"{path}: its {which} weights do not fit the model: {msg}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights files: one set of weights with what it takes to use them
+# ---------------------------------------------------------------------------------------------
+WEIGHTS_KIND = "weights"        # meta["kind"] of a weights-only file (export, import-caffe)
+
+
+def save_weights_file(path: str, weights: dict, model: dict, classes: list, preprocessing: dict,
+                      **info) -> str:
+    """Write a weights-only file: ``model/<name>`` arrays, and in ``meta`` the model
+    description (``model_meta``), the class names, the preprocessing and ``info`` (where the
+    weights came from). ``eval``, ``predict``, ``export`` and ``train --weights`` read it."""
+    if len(classes) != model["num_classes"]:
+        raise ValueError(f"{len(classes)} class names for a model of {model['num_classes']} "
+                         f"classes")
+    meta = {"kind": WEIGHTS_KIND, "model": model, "classes": list(classes),
+            "preprocessing": preprocessing, **info}
+    return save_checkpoint(path, pack_namespaces({"model": weights}), meta)
+
+
+def read_model_file(path: str, prefer_average: bool = True):
+    """(weights dict, meta, which) from a training checkpoint or a weights file.
+
+    ``which`` is "ema" (the Polyak-averaged weights, used when present and
+    ``prefer_average``) or "model"; a weights file says in ``meta["weights"]`` which set it
+    holds. Raises CheckpointError for a file without a model description."""
+    arrays, meta = load_checkpoint(path)
+    if not isinstance(meta.get("model"), dict) or not isinstance(meta.get("classes"), list):
+        raise CheckpointError(f"{path} holds no model description: not a checkpoint or weights "
+                              "file of this project")
+    groups = unpack_namespaces(arrays)
+    which = "ema" if prefer_average and "ema" in groups else "model"
+    if which not in groups:
+        raise CheckpointError(f"{path} holds no model weights")
+    if meta.get("kind") == WEIGHTS_KIND:
+        which = meta.get("weights", "model")
+    return groups["ema" if which == "ema" and "ema" in groups else "model"], meta, which

@@ -89,11 +89,18 @@ def build_parser(spec) -> argparse.ArgumentParser:
     _add_train_flags(t, spec)
 
     e = sub.add_parser("eval", formatter_class=_Formatter, epilog=EXIT_CODES,
-                       help="top-1/top-5 error of a checkpoint",
+                       help="top-1/top-5 error of a checkpoint or an ensemble",
                        description="Top-1 and top-5 error on PATH/val (or PATH itself if it has "
                                    "no val folder), on the Polyak-averaged weights when the "
-                                   "checkpoint has them.")
-    e.add_argument("--checkpoint", required=True, help="a last.npz or best.npz written by train")
+                                   "checkpoint has them. Several checkpoints make an ensemble: "
+                                   "the softmax is averaged over models and crops. --table "
+                                   "prints the paper's Table 3: 1..M models x 1, 10, 144 crops.")
+    e.add_argument("--checkpoint", required=True, nargs="+", metavar="FILE",
+                   help="last.npz/best.npz written by train, or weights files (export, "
+                        "import-caffe); several make an ensemble")
+    e.add_argument("--table", action="store_true",
+                   help="the breakdown over 1..M models x 1, 10 and 144 crops, with top-1 and "
+                        "top-5 error and the relative cost (models x crops)")
     e.add_argument("--data", help="ImageFolder root (default: the data the checkpoint trained on)")
     e.add_argument("--crops", type=int, default=1, choices=[1, 10, 144],
                    help="1: centre crop; 10: corners+centre, mirrored; 144: the paper's scheme "
@@ -109,7 +116,8 @@ def build_parser(spec) -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", formatter_class=_Formatter, epilog=EXIT_CODES,
                        help="top-k classes of some images")
-    p.add_argument("--checkpoint", required=True, help="a last.npz or best.npz written by train")
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="FILE",
+                   help="checkpoints or weights files; several average their softmax")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (any format Pillow reads) or folders of them")
     p.add_argument("--topk", type=int, default=5, help="how many classes to list (default: 5)")
@@ -119,6 +127,39 @@ def build_parser(spec) -> argparse.ArgumentParser:
     p.add_argument("--raw-weights", action="store_true",
                    help="use the raw, not the averaged, weights")
     _add_device(p)
+
+    x = sub.add_parser("export", formatter_class=_Formatter, epilog=EXIT_CODES,
+                       help="write the weights as ONNX or as a weights-only .npz",
+                       description="--format onnx: an ONNX graph (opset "
+                                   "17, dynamic batch, logits out) built from the network's "
+                                   "operations, with the class names and preprocessing as "
+                                   "metadata. --format npz: the weights, class names, "
+                                   "preprocessing and model description, for eval, predict, "
+                                   "export and train --weights. The Polyak-averaged weights "
+                                   "unless --raw-weights.")
+    x.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a checkpoint written by train, or a weights file")
+    x.add_argument("--format", required=True, choices=["onnx", "npz"], help="what to write")
+    x.add_argument("output", metavar="OUT", help="the file to write (.onnx or .npz)")
+    x.add_argument("--image-size", type=int,
+                   help="ONNX input side (default: the training size)")
+    x.add_argument("--raw-weights", action="store_true",
+                   help="export the raw, not the averaged, weights")
+    x.add_argument("--no-aux", action="store_true",
+                   help="npz: leave out the auxiliary heads' weights (ONNX never has them)")
+
+    c = sub.add_parser("import-caffe", formatter_class=_Formatter, epilog=EXIT_CODES,
+                       help="convert Caffe weights (deploy.prototxt + .caffemodel)",
+                       description="Read a Caffe model (the prototxt for the layer settings, "
+                                   "the binary .caffemodel for the weights), map Caffe's layer "
+                                   "names to ours, check every setting and shape, and write a "
+                                   "weights file carrying Caffe's preprocessing (BGR, 0-255, "
+                                   "mean 104/117/123).")
+    c.add_argument("prototxt", help="the network definition, e.g. deploy.prototxt")
+    c.add_argument("caffemodel", help="the trained weights, e.g. bvlc_googlenet.caffemodel")
+    c.add_argument("-o", "--output", required=True, help="the weights file to write (.npz)")
+    c.add_argument("--classes", metavar="FILE",
+                   help="class names, one a line (e.g. synset_words.txt; default: 0, 1, ...)")
 
     s = sub.add_parser("summary", formatter_class=_Formatter,
                        help="layer table: output shapes, parameters, multiply-adds")
@@ -156,6 +197,13 @@ def run(spec, args) -> int:
         _check_cheap(args)
         from trainer.evaluate import run_predict
         return run_predict(args)
+    elif args.command == "export":
+        _check_cheap(args)
+        from trainer.export import run_export
+        run_export(args, spec)
+    elif args.command == "import-caffe":
+        from trainer.caffe_import import run_import
+        run_import(args, spec)
     elif args.command == "summary":
         from trainer.summary import format_summary, summarize
         try:
