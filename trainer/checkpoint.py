@@ -133,6 +133,23 @@ def load_checkpoint(path: str):
     return arrays, header.get("meta", {})
 
 
+def read_meta(path: str) -> dict:
+    """Only the metadata of a checkpoint (its arrays are not read)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            raw = npz[META_KEY]
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: not a checkpoint of this project "
+                              f"or damaged ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project")
+    return header.get("meta", {})
+
+
 def pack_namespaces(groups: dict) -> dict:
     """{'model': {'conv1.weight': a}, 'ema': {...}} -> {'model/conv1.weight': a, ...}."""
     out = {}
@@ -252,7 +269,7 @@ def load_weights(model, weights: dict, path: str, which: str) -> None:
 WEIGHTS_KIND = "weights"        # meta["kind"] of a weights-only file (export, import-caffe)
 
 
-def save_weights_file(path: str, weights: dict, model: dict, classes: list, preprocessing: dict,
+def save_weights_file(path: str, arrays: dict, model: dict, classes: list, preprocessing: dict,
                       **info) -> str:
     """Write a weights-only file: ``model/<name>`` arrays, and in ``meta`` the model
     description (``model_meta``), the class names, the preprocessing and ``info`` (where the
@@ -262,7 +279,7 @@ def save_weights_file(path: str, weights: dict, model: dict, classes: list, prep
                          f"classes")
     meta = {"kind": WEIGHTS_KIND, "model": model, "classes": list(classes),
             "preprocessing": preprocessing, **info}
-    return save_checkpoint(path, pack_namespaces({"model": weights}), meta)
+    return save_checkpoint(path, pack_namespaces({"model": arrays}), meta)
 
 
 def read_model_file(path: str, prefer_average: bool = True):

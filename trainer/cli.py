@@ -95,7 +95,7 @@ def build_parser(spec) -> argparse.ArgumentParser:
                                    "checkpoint has them. Several checkpoints make an ensemble: "
                                    "the softmax is averaged over models and crops. --table "
                                    "prints the paper's Table 3: 1..M models x 1, 10, 144 crops.")
-    e.add_argument("--checkpoint", required=True, nargs="+", metavar="FILE",
+    e.add_argument("--checkpoint", required=True, nargs="+", action="extend", metavar="FILE",
                    help="last.npz/best.npz written by train, or weights files (export, "
                         "import-caffe); several make an ensemble")
     e.add_argument("--table", action="store_true",
@@ -116,8 +116,9 @@ def build_parser(spec) -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", formatter_class=_Formatter, epilog=EXIT_CODES,
                        help="top-k classes of some images")
-    p.add_argument("--checkpoint", required=True, nargs="+", metavar="FILE",
-                   help="checkpoints or weights files; several average their softmax")
+    p.add_argument("--checkpoint", required=True, action="append", metavar="FILE",
+                   help="a checkpoint or weights file; repeat the flag for an ensemble "
+                        "(--checkpoint a.npz --checkpoint b.npz), whose softmax is averaged")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (any format Pillow reads) or folders of them")
     p.add_argument("--topk", type=int, default=5, help="how many classes to list (default: 5)")

@@ -70,6 +70,11 @@ class TrainConfig:
     output_dir: str | None = _f(None, "where metrics.csv, curves.png and the checkpoints go", group="run")
     resume: str | None = _f(None, "continue the run saved in this last.npz/best.npz, with its "
                                   "saved settings", metavar="CHECKPOINT", group="run")
+    weights: str | None = _f(None, "start from the weights in this checkpoint or weights file "
+                                   "(fine-tuning; the averaged weights when it has them); with "
+                                   "another class list the classifiers are re-initialised. "
+                                   "The run takes the file's preprocessing",
+                             metavar="FILE", group="run")
     overwrite: bool = _f(False, "start a new run in an output directory that already holds "
                                 "one (its checkpoints and log are replaced)", group="run")
     print_freq: int = _f(10, "steps between progress lines when the output is not a terminal",
@@ -127,7 +132,7 @@ def resolve(config: TrainConfig, spec) -> TrainConfig:
     if values["output_dir"] is None:
         values["output_dir"] = os.path.join("runs", spec.name)
     missing = [k for k, v in values.items() if v is None and k not in
-               ("data", "workers", "resume", "builtin_dir")]
+               ("data", "workers", "resume", "builtin_dir", "weights")]
     if missing:
         raise UsageError(f"{spec.name}: no default for {', '.join(missing)} in its recipe")
     cfg = TrainConfig(**values)
@@ -176,3 +181,5 @@ def check(cfg: TrainConfig, spec) -> None:
         raise UsageError(f"--data {cfg.data}: no such directory")
     if cfg.resume is not None and not os.path.isfile(cfg.resume):
         raise UsageError(f"--resume {cfg.resume}: no such file")
+    if cfg.weights is not None and not os.path.isfile(cfg.weights):
+        raise UsageError(f"--weights {cfg.weights}: no such file")

@@ -34,6 +34,7 @@ import numpy as np
 import layers as L
 from data import DataLoader, ImageFolder, default_workers
 from data.builtin import make_builtin
+from data.preprocessing import Prepared, Preprocessing
 from data.transforms import eval_transform, train_transform
 from engine import SGD, PolyakAverage, backend, no_grad
 from engine.io import atomic_write, remove_stale_temporaries
@@ -55,9 +56,13 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
     return int((top == labels[:, None]).any(axis=1).sum())
 
 
-def preprocessing(spec) -> dict:
-    """How images become network inputs (stored in checkpoints)."""
+def preprocessing(spec, weights: str | None = None) -> dict:
+    """How images become network inputs (stored in checkpoints); a run started from
+    ``--weights`` keeps the preprocessing those weights were trained with."""
     from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    saved = ckpt.read_meta(weights).get("preprocessing") if weights else None
+    if saved:
+        return saved
     if spec.in_channels == 1:
         return {"channels": 1, "mean": [0.5], "std": [0.5]}
     return {"channels": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
@@ -171,15 +176,17 @@ def prepare_data(cfg: TrainConfig, spec, workers: int):
     mode = "L" if spec.in_channels == 1 else "RGB"
     train_set = ImageFolder(root, "train", mode=mode)
     val_set = ImageFolder(root, "val", classes=train_set.classes, mode=mode)
-    prep = preprocessing(spec)
+    prep = Preprocessing.from_meta(preprocessing(spec, cfg.weights), spec.in_channels)
     train_loader = DataLoader(
         train_set, cfg.batch_size, shuffle=True, workers=workers, seed=cfg.seed,
-        transform=train_transform(cfg.image_size, scale=(cfg.crop_scale, 1.0), mean=prep["mean"],
-                                  std=prep["std"], **spec.builtin.get("augment", {})
-                                  if cfg.data is None else {}),
+        transform=Prepared(train_transform(cfg.image_size, scale=(cfg.crop_scale, 1.0),
+                                           **prep.transform_args(),
+                                           **spec.builtin.get("augment", {})
+                                           if cfg.data is None else {}), prep),
         drop_last=len(train_set) > cfg.batch_size)
     val_loader = DataLoader(val_set, cfg.batch_size, workers=workers, seed=cfg.seed,
-                            transform=eval_transform(cfg.image_size, prep["mean"], prep["std"]))
+                            transform=Prepared(eval_transform(cfg.image_size,
+                                                              **prep.transform_args()), prep))
     return root, train_set, train_loader, val_loader
 
 
@@ -199,7 +206,7 @@ def _save(path, model, opt, ema, state, cfg, spec, classes) -> None:
     meta = {"kind": ckpt.RUN_KIND, "epoch": state.epoch, "step": state.step,
             "best_top1": state.best_top1, "classes": classes, "config": cfg.to_dict(),
             "optim": opt.state_dict()["hyper"], "ema_updates": ema.updates if ema else 0,
-            "rng": backend.get_rng_state(), "preprocessing": preprocessing(spec),
+            "rng": backend.get_rng_state(), "preprocessing": preprocessing(spec, cfg.weights),
             "model": ckpt.model_meta(spec, model, cfg.image_size, cfg.init)}
     ckpt.save_checkpoint(path, ckpt.pack_namespaces(groups), meta)
 
@@ -255,6 +262,9 @@ def train(config: TrainConfig, spec=None) -> dict:
     aux = spec.aux_heads > 0 and cfg.aux_weight > 0
     model = spec.build(len(classes), aux_logits=aux, dtype=cfg.dtype, seed=cfg.seed,
                        init=cfg.init).to(device)
+    if cfg.weights and not cfg.resume:
+        from trainer.finetune import load_initial_weights
+        load_initial_weights(model, cfg.weights, classes, spec, cfg.image_size)
     opt = SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
     ema = PolyakAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     state = RunState()

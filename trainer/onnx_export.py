@@ -151,50 +151,56 @@ def _onnx_pooled(size, k, s, pads, ceil_mode):
     return (-(-span // s) if ceil_mode else span // s) + 1
 
 
-def _pool_geometry(g, f, x):
-    """Per axis: (size, Caffe's output size, whether ONNX ceil_mode reproduces it)."""
-    out = []
-    for size in g.shapes[x][2:]:
-        want = caffe.pooled_size(size, f.k, f.s, f.pad, f.ceil_mode)
-        out.append((size, want, _onnx_pooled(size, f.k, f.s, 2 * f.pad, f.ceil_mode) == want))
-    return out
+def _rounding(sizes, wants, k, s, pads):
+    """The ONNX ``ceil_mode`` (1, else 0) whose output sizes are Caffe's; None if neither."""
+    for ceil_mode in (1, 0):
+        if all(_onnx_pooled(n, k, s, pads, ceil_mode) == w for n, w in zip(sizes, wants)):
+            return ceil_mode
+    return None
+
+
+def _pool_sizes(g, f, x):
+    sizes = list(g.shapes[x][2:])
+    return sizes, [caffe.pooled_size(n, f.k, f.s, f.pad, f.ceil_mode) for n in sizes]
 
 
 @converts(L.MaxPool2dFunction)
 def _max_pool(g, f, x):
-    geometry = _pool_geometry(g, f, x)
+    sizes, wants = _pool_sizes(g, f, x)
     common = {"kernel_shape": [f.k, f.k], "strides": [f.s, f.s]}
-    if all(same for _, _, same in geometry):
-        return g.node("MaxPool", [x], pads=[f.pad] * 4, ceil_mode=int(f.ceil_mode), **common)
+    ceil_mode = _rounding(sizes, wants, f.k, f.s, 2 * f.pad)
+    if ceil_mode is not None:
+        return g.node("MaxPool", [x], pads=[f.pad] * 4, ceil_mode=ceil_mode, **common)
     # Write out the end padding that makes floor rounding give Caffe's size.
-    ends = [max(0, (want - 1) * f.s + f.k - size - f.pad) for size, want, _ in geometry]
-    for (size, want, _), end in zip(geometry, ends):
-        if _onnx_pooled(size, f.k, f.s, f.pad + end, False) != want:
-            raise ExportError(f"max_pool2d {f.k}x{f.k}/{f.s} pad {f.pad} on {size}: no ONNX "
-                              f"padding gives Caffe's output size {want}")
+    ends = [max(0, (w - 1) * f.s + f.k - n - f.pad) for n, w in zip(sizes, wants)]
+    if any(_onnx_pooled(n, f.k, f.s, f.pad + e, 0) != w for n, w, e in zip(sizes, wants, ends)):
+        raise ExportError(f"max_pool2d {f.k}x{f.k}/{f.s} pad {f.pad} on {sizes}: no ONNX "
+                          f"padding gives Caffe's output size {wants}")
     return g.node("MaxPool", [x], pads=[f.pad, f.pad] + ends, ceil_mode=0, **common)
 
 
 @converts(L.AvgPool2dFunction)
 def _avg_pool(g, f, x):
-    geometry = _pool_geometry(g, f, x)
-    common = {"kernel_shape": [f.k, f.k], "strides": [f.s, f.s], "ceil_mode": int(f.ceil_mode)}
-    overflow = any((want - 1) * f.s + f.k > size + 2 * f.pad for size, want, _ in geometry)
-    if all(same for _, _, same in geometry) and (f.pad == 0 or not overflow):
+    sizes, wants = _pool_sizes(g, f, x)
+    common = {"kernel_shape": [f.k, f.k], "strides": [f.s, f.s]}
+    overflow = any((w - 1) * f.s + f.k > n + 2 * f.pad for n, w in zip(sizes, wants))
+    ceil_mode = _rounding(sizes, wants, f.k, f.s, 2 * f.pad)
+    if ceil_mode is not None and (f.pad == 0 or not overflow):
         # No padding: divide by the window clipped to the input; padding without overflow:
         # every window is whole, divide by k*k. Both are Caffe's counts.
-        return g.node("AveragePool", [x], pads=[f.pad] * 4,
+        return g.node("AveragePool", [x], pads=[f.pad] * 4, ceil_mode=ceil_mode,
                       count_include_pad=int(f.pad > 0), **common)
     # Padding and ceil overflow: zero-pad explicitly, then count only what lies inside the
     # padded map, which is Caffe's divisor min(start + k, size + pad) - start.
-    for size, want, _ in geometry:
-        if _onnx_pooled(size + 2 * f.pad, f.k, f.s, 0, f.ceil_mode) != want:
-            raise ExportError(f"avg_pool2d {f.k}x{f.k}/{f.s} pad {f.pad} on {size}: ONNX "
-                              f"gives another output size than Caffe's {want}")
+    ceil_mode = _rounding([n + 2 * f.pad for n in sizes], wants, f.k, f.s, 0)
+    if ceil_mode is None:
+        raise ExportError(f"avg_pool2d {f.k}x{f.k}/{f.s} pad {f.pad} on {sizes}: ONNX "
+                          f"gives another output size than Caffe's {wants}")
     p = f.pad
     pads = g.constant(np.array([0, 0, p, p, 0, 0, p, p], np.int64), "pads")
     padded = g.node("Pad", [x, pads], mode="constant")
-    return g.node("AveragePool", [padded], pads=[0] * 4, count_include_pad=0, **common)
+    return g.node("AveragePool", [padded], pads=[0] * 4, ceil_mode=ceil_mode,
+                  count_include_pad=0, **common)
 
 
 @converts(ops.Reshape)
@@ -250,7 +256,7 @@ def to_onnx(model, image_size: int, in_channels: int = 3, metadata: dict | None 
     was_training = model.training
     model.eval()
     x = Tensor(np.random.default_rng(0).standard_normal(
-        (2, in_channels, image_size, image_size)).astype(model.dtype))
+        (2, in_channels, image_size, image_size)).astype(getattr(model, "dtype", np.float32)))
     try:
         with no_grad(), record_ops() as calls:
             out = model(x)
