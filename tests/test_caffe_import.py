@@ -13,7 +13,7 @@ from trainer import checkpoint as ckpt
 from trainer.cli import main as cli_main
 
 pytest.importorskip("google.protobuf")
-from tests.caffe_files import deploy_prototxt, write_caffemodel, write_v1_caffemodel  # noqa: E402
+from caffe_files import deploy_prototxt, write_caffemodel, write_v1_caffemodel  # noqa: E402
 
 CLASSES = 6
 

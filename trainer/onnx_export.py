@@ -17,8 +17,8 @@ An op without a converter stops the export with an error naming it.
 
 Caffe's semantics are kept exactly (the tests compare onnxruntime with our forward):
 * pooling rounds the output size up (``ceil_mode=1``); where ONNX's ceil formula would give
-  another size than Caffe's (a last window starting in the padding), the end padding is
-  written out and the rounding made floor, which then gives Caffe's size;
+  another size than Caffe's (Caffe drops a last window that starts in the padding), floor
+  rounding is used when it gives Caffe's size, else the end padding is written out;
 * average pooling divides by Caffe's count (padding counted, ceil overflow not):
   ``count_include_pad=0`` without padding, 1 with padding when no window overflows, and an
   explicit zero ``Pad`` then ``count_include_pad=0`` otherwise;
