@@ -103,8 +103,8 @@ def test_bad_files_are_refused_in_one_line(caffe_files, tmp_path, capsys):
     assert main(["import-caffe", str(tmp_path / "alpha.prototxt"), model, "-o", out]) == 2
     _one_line_error(capsys, "pool1/norm1", "alpha")
 
-    (tmp_path / "wide.prototxt").write_text(
-        deploy_prototxt(CLASSES).replace("num_output: 64\n    pad: 3", "num_output: 32\n    pad: 3"))
+    wide = deploy_prototxt(CLASSES).replace("num_output: 64\n    pad: 3", "num_output: 32\n    pad: 3")
+    (tmp_path / "wide.prototxt").write_text(wide)
     assert main(["import-caffe", str(tmp_path / "wide.prototxt"), model, "-o", out]) == 2
     _one_line_error(capsys, "conv1/7x7_s2", "32 outputs")
 

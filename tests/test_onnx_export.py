@@ -1,6 +1,5 @@
 """ONNX export checked by onnxruntime: GoogLeNet on photographs and random input, and the
 pooling corner cases (Caffe's ceil rounding and divisors) op by op."""
-import os
 
 import numpy as np
 import pytest

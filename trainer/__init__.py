@@ -1,9 +1,11 @@
 """The training application shared by every network of ``models/``.
 
 ``config.py`` (TrainConfig: a run's settings and their defaults), ``loop.py`` (``train``),
-``evaluate.py`` (``eval`` and ``predict``), ``checkpoint.py`` (the file format and a run's
-state), ``logs.py`` (progress, metrics.csv, curves.png), ``summary.py`` (layer tables),
-``cli.py`` (the command line, the only place that parses arguments).
+``evaluate.py`` (``eval`` and ``predict``, ensembles), ``checkpoint.py`` (the file format, a
+run's state, weights files), ``logs.py`` (progress, metrics.csv, curves.png), ``summary.py``
+(layer tables), ``export.py`` and ``onnx_export.py`` (``export``: ONNX, weights files),
+``caffe_import.py`` (``import-caffe``), ``finetune.py`` (``train --weights``), ``cli.py``
+(the command line, the only place that parses arguments).
 """
 from .config import TrainConfig, UsageError
 

@@ -141,7 +141,8 @@ def caffe_messages() -> dict:
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     for name in SCHEMA:
-        _CLASSES[name] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"caffe.{name}"))
+        descriptor = pool.FindMessageTypeByName(f"caffe.{name}")
+        _CLASSES[name] = message_factory.GetMessageClass(descriptor)
     return _CLASSES
 
 
