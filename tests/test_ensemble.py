@@ -182,3 +182,13 @@ def test_fine_tuning_keeps_the_body_and_reinitialises_the_classifiers(run, capsy
     assert main(["train", "--weights", str(tmp / "nope.npz"), "--output-dir",
                  str(tmp / "y")]) == 2
     assert "--weights" in capsys.readouterr().err
+
+
+def test_runs_saved_before_weights_existed_still_resume(run, tmp_path):
+    from trainer.loop import _saved_config
+    _, out = run
+    arrays, meta = ckpt.load_checkpoint(str(out / "last.npz"))
+    del meta["config"]["weights"]
+    old = str(tmp_path / "old.npz")
+    ckpt.save_checkpoint(old, arrays, meta)
+    assert _saved_config(old)["weights"] is None

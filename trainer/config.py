@@ -19,6 +19,9 @@ RECIPE = None   # "take this from the network's recipe"
 
 # Settings that may change when a run is resumed; all others are part of the run and must
 # match the checkpoint (a different learning rate would silently make a different run).
+# Settings added after checkpoints were first written: a saved run without one had it unset.
+ADDED_SETTINGS = {"weights": None}
+
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "print_freq", "data", "output_dir",
                      "builtin_dir", "resume", "overwrite")
 

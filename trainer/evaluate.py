@@ -126,7 +126,7 @@ def _eval_split(args, members, classes):
     first = args.checkpoint[0]
     spec = members[0].spec
     if data is None:
-        saved = ckpt.load_checkpoint(first)[1].get("config") or {}
+        saved = ckpt.read_meta(first).get("config") or {}
         data = saved.get("data")
         if data is None:
             if not saved:

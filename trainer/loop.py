@@ -40,7 +40,8 @@ from engine import SGD, PolyakAverage, backend, no_grad
 from engine.io import atomic_write, remove_stale_temporaries
 from models.spec import get_spec
 from trainer import checkpoint as ckpt
-from trainer.config import RESUMABLE_CHANGES, TrainConfig, UsageError, device_for, resolve
+from trainer.config import (ADDED_SETTINGS, RESUMABLE_CHANGES, TrainConfig, UsageError,
+                            device_for, resolve)
 from trainer.logs import (AverageMeter, append_metrics_csv, log, plot_curves, progress,
                           truncate_metrics_csv)
 
@@ -129,7 +130,7 @@ def _saved_config(path: str) -> dict:
     if meta.get("kind") != ckpt.RUN_KIND or not isinstance(meta.get("config"), dict):
         raise ckpt.CheckpointError(f"{path} is not a training checkpoint of this project "
                                    "(weights-only files start new runs, not resumed ones)")
-    saved = meta["config"]
+    saved = {**ADDED_SETTINGS, **meta["config"]}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown, missing = sorted(set(saved) - names), sorted(names - set(saved))
     if unknown or missing:
