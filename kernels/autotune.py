@@ -1,34 +1,34 @@
-"""Pick the fastest tile configuration per (direction, shape, device) and remember it on disk.
+"""Pick the fastest valid tile configuration per (direction, shape, flags, device, toolchain,
+sources) and remember it on disk.
 
-The first time a convolution shape is seen, :func:`best` times every candidate (version, config)
-on the real inputs with CUDA events (a few warm-up runs, then the median of several) and keeps
-the fastest. Choices persist in a JSON file so later processes skip the search:
+The first time a convolution is seen, :func:`best` validates every candidate (version, config)
+and times the valid ones; ``kernels.conv_cuda.select`` supplies the checks (against the float64
+reference at a small batch) and the timing (CUDA events on the real inputs). Choices persist in
+a JSON file so later processes skip the search:
 
     default  ~/.cache/googlenet_engine/autotune.json
     override GOOGLENET_AUTOTUNE_CACHE=/path/to/file.json
     disable  GOOGLENET_AUTOTUNE=0 (conv_cuda then uses a size-based heuristic)
 
-File format: ``{"format": 1, "entries": {key: {"version", "config", "ms", "timings"}}}``; the
-key names direction, problem, device and a hash of the kernel sources, so editing a kernel
-invalidates its old choices. Writes are atomic (temporary file in the same directory, then
+File format: ``{"format": 2, "entries": {key: {"version", "config", "ms", "timings",
+"rejected"}}}``; the key (:func:`make_key`) names everything that can change the choice, so
+editing a kernel or the plan code, or changing CuPy, the driver or the device, invalidates old
+choices. Writes are atomic (temporary file in the same directory, then
 ``os.replace``) and merge with what is on disk, so concurrent processes do not corrupt the file;
 a corrupt or unreadable file is treated as empty.
 
-Everything except :func:`time_cuda` is plain Python and tested on the CPU.
+Plain Python, tested on the CPU.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
-import statistics
 import threading
 from pathlib import Path
 
 from engine.io import atomic_write
 
-FORMAT = 1
+FORMAT = 2
 _lock = threading.Lock()
 _memory: dict[str, dict] = {}   # in-process layer over the file, by cache path
 _loaded: set[str] = set()
@@ -46,21 +46,25 @@ def cache_path() -> Path:
     return Path.home() / ".cache" / "googlenet_engine" / "autotune.json"
 
 
-@functools.cache
 def sources_tag() -> str:
-    """Short hash of every kernel source: a changed kernel gets fresh tuning."""
-    h = hashlib.sha256()
-    for path in sorted((Path(__file__).with_name("cuda")).glob("*.cu")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
+    """Short hash of the kernel sources, headers and launch-plan code (``conv_cuda.sources``)."""
+    from .conv_cuda.sources import sources_tag as tag  # noqa: PLC0415
+    return tag()
 
 
-def make_key(direction: str, problem: tuple, device: str, tag: str | None = None) -> str:
-    """'fwd|n128.c192.h28.w28.k64.k1|NVIDIA H100 80GB HBM3|<sources hash>'."""
+def make_key(direction: str, problem: tuple, device: str, *, variant: str = "",
+             toolchain: str = "", tag: str | None = None) -> str:
+    """Everything that can change the choice, joined by '|':
+
+    'fwd|n128.c192.h28.w28.k64.ks1|bias1.relu1.aligned1.sm132|NVIDIA H200 sm_90|cupy 14.2.0 ...|<hash>'
+
+    direction and problem; the call's flags (bias, fused ReLU, 16-byte alignment, which picks the
+    float4 or scalar instance, and the SM count, which sets split-K); the device; the CuPy,
+    CUDA runtime / driver and NVRTC versions; the hash of kernel sources and plan code.
+    """
     n, c, h, w, k, ks = (int(v) for v in problem)
     tag = sources_tag() if tag is None else tag
-    return f"{direction}|n{n}.c{c}.h{h}.w{w}.k{k}.ks{ks}|{device}|{tag}"
+    return "|".join((direction, f"n{n}.c{c}.h{h}.w{w}.k{k}.ks{ks}", variant, device, toolchain, tag))
 
 
 def load(path: Path | None = None) -> dict:
@@ -122,12 +126,17 @@ def forget_memory() -> None:
         _loaded.clear()
 
 
-def best(key: str, candidates, measure, path: Path | None = None):
-    """The fastest candidate for ``key``: cached, or measured now and then cached.
+def best(key: str, candidates, measure, *, validate=None, skip: tuple = (),
+         path: Path | None = None):
+    """The fastest *valid* candidate for ``key``: cached, or checked, measured and cached.
 
-    ``candidates`` are (version, config) pairs; ``measure(candidate) -> milliseconds``. A
-    candidate whose measurement raises (for example, too many resources on this device) is
-    skipped. Returns (version, config tuple).
+    ``candidates`` are (version, config) pairs. ``validate(candidate) -> (ok, detail)`` runs
+    first (when given): a candidate that is not ok can never win, however fast, and is listed
+    under "rejected" in the cache entry. ``measure(candidate) -> milliseconds`` then times the
+    valid ones. An exception that is an instance of ``skip`` (a launch the device refuses)
+    drops the candidate; any other exception propagates unchanged, since a CUDA fault leaves
+    the context broken and must be reported where it happened, not hidden. Raises RuntimeError
+    when no candidate is left. Returns (version, config tuple).
     """
     candidates = [(str(v), tuple(int(c) for c in cfg)) for v, cfg in candidates]
     if not candidates:
@@ -137,38 +146,29 @@ def best(key: str, candidates, measure, path: Path | None = None):
         choice = (hit.get("version"), tuple(hit.get("config", ())))
         if choice in candidates:
             return choice
-    timings = {}
-    errors = {}
+    timings: dict = {}
+    rejected: dict = {}
     for cand in candidates:
         try:
+            if validate is not None:
+                ok, detail = validate(cand)
+                if not ok:
+                    rejected[cand] = f"invalid: {detail}"
+                    continue
             timings[cand] = float(measure(cand))
-        except Exception as exc:  # noqa: BLE001  (report below if nothing works)
-            errors[cand] = f"{type(exc).__name__}: {exc}"
+        except skip as exc:
+            rejected[cand] = f"{type(exc).__name__}: {exc}"
+    name = lambda c: f"{c[0]}:{'x'.join(map(str, c[1]))}"  # noqa: E731
     if not timings:
-        raise RuntimeError(f"autotune: every candidate failed for {key}: {errors}")
+        raise RuntimeError(f"autotune: no candidate passed for {key}: "
+                           + "; ".join(f"{name(c)} {why}" for c, why in rejected.items()))
     choice = min(timings, key=timings.get)
     entry = {
         "version": choice[0],
         "config": list(choice[1]),
         "ms": timings[choice],
-        "timings": {f"{v}:{'x'.join(map(str, c))}": round(t, 5) for (v, c), t in timings.items()},
+        "timings": {name(c): round(t, 5) for c, t in timings.items()},
+        "rejected": {name(c): why for c, why in rejected.items()},
     }
     record(key, entry, path)
     return choice
-
-
-def time_cuda(fn, warmup: int = 2, repeat: int = 7) -> float:
-    """Median milliseconds of ``fn()`` on the current CUDA stream, timed with CUDA events."""
-    import cupy as cp  # noqa: PLC0415
-
-    for _ in range(warmup):
-        fn()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    for _ in range(repeat):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end))
-    return statistics.median(times)

@@ -3,7 +3,8 @@
 ``kernels/cuda/host_emu.cuh`` makes a kernel source compile as host C++: every CUDA thread of a
 block becomes an OS thread, ``__syncthreads()`` a ``std::barrier``, ``__shared__`` a static array,
 and blocks run one after another. This module generates a small C++ wrapper per kernel instance,
-builds it with g++ into a shared library (cached on disk, keyed by the sources' text), and runs a
+builds it with g++ into a shared library (one per kernel source, holding every template
+instance plans can launch; cached on disk, keyed by the sources' text), and runs a
 :class:`kernels.conv_cuda.Plan` on NumPy arrays through ctypes, exactly as ``conv_cuda.execute``
 runs it on the GPU: same grid, same block, same arguments, NaN-poisoned outputs.
 
@@ -17,7 +18,6 @@ Cache directory: ``GOOGLENET_EMU_CACHE``, default ``~/.cache/googlenet_engine/em
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import shutil
@@ -28,9 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from .conv_cuda import KERNEL_DIR, Call, Plan
+from .conv_cuda.planning import all_calls
 
 HEADER = KERNEL_DIR / "host_emu.cuh"
 CXX_FLAGS = ("-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w")
+# GOOGLENET_EMU_SANITIZE=thread|address builds the kernels with a sanitizer (kernels.sanitize
+# runs them so, in a child process that preloads the sanitizer's runtime).
+SANITIZE_FLAGS = {
+    "thread": ("-fsanitize=thread", "-g"),
+    "address": ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                "-fno-omit-frame-pointer", "-g"),
+}
 
 
 def compiler() -> str | None:
@@ -41,6 +49,16 @@ def compiler() -> str | None:
 
 def available() -> bool:
     return compiler() is not None
+
+
+def sanitizer() -> str | None:
+    """The sanitizer the emulation is built with (GOOGLENET_EMU_SANITIZE), or None."""
+    name = os.environ.get("GOOGLENET_EMU_SANITIZE", "").strip().lower()
+    if not name:
+        return None
+    if name not in SANITIZE_FLAGS:
+        raise ValueError(f"GOOGLENET_EMU_SANITIZE={name!r}: expected one of {sorted(SANITIZE_FLAGS)}")
+    return name
 
 
 def cache_dir() -> Path:
@@ -67,25 +85,37 @@ def _wrapper_source(source: str, calls: list[Call]) -> str:
     return "\n".join(lines)
 
 
-@functools.cache
-def _library(source: str, calls: tuple[Call, ...]):
-    """Build (or reuse) the shared library wrapping ``calls`` of ``source``; return (CDLL, index)."""
+def _dependencies(source: str) -> str:
+    """The text of everything the wrapper compiles: the headers and the kernel source."""
+    parts = [HEADER.read_text(), (KERNEL_DIR / source).read_text()]
+    parts += [p.read_text() for p in sorted(KERNEL_DIR.glob("*.cuh"))]
+    return "\0".join(parts)
+
+
+_loaded: dict[tuple, tuple] = {}   # (sanitizer mode, instance name) -> (function, signature)
+
+
+def _library(source: str, mode: str | None, names: tuple | None = None) -> None:
+    """Build (or reuse) one shared library holding the instances ``names`` of ``source``
+    (default: every instance plans can launch) and register its functions. One g++ run per
+    library, cached on disk by content."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("kernels.emu needs a C++20 compiler (g++); none was found")
-    code = _wrapper_source(source, list(calls))
+    calls = [c for c in all_calls()[source] if names is None or c.name in names]
+    flags = CXX_FLAGS + (SANITIZE_FLAGS[mode] if mode else ())
+    code = _wrapper_source(source, calls)
     digest = hashlib.sha256("\0".join(
-        [code, HEADER.read_text(), (KERNEL_DIR / source).read_text(), " ".join(CXX_FLAGS), cxx]
-    ).encode()).hexdigest()[:20]
+        [code, _dependencies(source), " ".join(flags), cxx]).encode()).hexdigest()[:20]
     out_dir = cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    lib_path = out_dir / f"{Path(source).stem}_{digest}.so"
+    lib_path = out_dir / f"{Path(source).stem}_{mode or 'plain'}_{digest}.so"
     if not lib_path.exists():
         with tempfile.TemporaryDirectory() as tmp:
             cpp = Path(tmp) / "wrap.cpp"
             cpp.write_text(code)
             tmp_lib = Path(tmp) / "lib.so"
-            res = subprocess.run([cxx, *CXX_FLAGS, str(cpp), "-o", str(tmp_lib)],
+            res = subprocess.run([cxx, *flags, str(cpp), "-o", str(tmp_lib)],
                                  capture_output=True, text=True)
             if res.returncode != 0:
                 raise RuntimeError(f"emulation build of {source} failed:\n{res.stderr[-4000:]}")
@@ -94,40 +124,49 @@ def _library(source: str, calls: tuple[Call, ...]):
             shutil.copyfile(tmp_lib, staged)
             os.replace(staged, lib_path)
     lib = ctypes.CDLL(str(lib_path))
-    index = {}
     for i, call in enumerate(calls):
         fn = getattr(lib, f"emu_{i}")
         fn.restype = None
         fn.argtypes = [ctypes.c_uint] * 6 + [
             ctypes.c_void_p if t == "float*" else ctypes.c_int for t in _signature(call)]
-        index[call.name] = fn
-    return lib, index
+        _loaded[(mode, call.name)] = (fn, _signature(call), lib)
 
 
-def _template_of(call: Call) -> Call:
-    """A canonical call for a kernel name: the wrapper depends only on name and argument kinds."""
-    kinds = tuple("p" if isinstance(a, str) else 0 for a in call.args)
-    return Call(call.source, call.name, (1, 1, 1), (1, 1, 1), kinds)
+def build(plans=None) -> None:
+    """Build ahead of use: the instances that ``plans`` launch, one library per source, or
+    (``plans=None``) every instance of every source. Sanitized builds are slow (tens of
+    seconds per full source), so the sanitizer runs build only what their cases launch."""
+    mode = sanitizer()
+    if plans is None:
+        for source in all_calls():
+            _library(source, mode)
+        return
+    wanted: dict[str, set] = {}
+    for pl in plans:
+        for call in pl.calls:
+            if (mode, call.name) not in _loaded:
+                wanted.setdefault(call.source, set()).add(call.name)
+    for source, names in sorted(wanted.items()):
+        _library(source, mode, tuple(sorted(names)))
 
 
 def execute(pl: Plan, buffers: dict, *, poison: bool = True) -> np.ndarray:
     """Run ``pl`` on NumPy float32 arrays ``buffers`` (by name); return the output array."""
     bufs = {}
     for name, a in buffers.items():
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        bufs[name] = a
+        bufs[name] = np.ascontiguousarray(a, dtype=np.float32)
     fill = np.nan if poison else 0.0
     for name, shape in pl.temps:
         bufs[name] = np.full(shape, fill, dtype=np.float32)
     bufs[pl.output] = np.full(pl.output_shape, fill, dtype=np.float32)
 
-    by_source: dict[str, dict[str, Call]] = {}
+    mode = sanitizer()
     for call in pl.calls:
-        by_source.setdefault(call.source, {})[call.name] = _template_of(call)
-    for call in pl.calls:
-        templates = tuple(sorted(by_source[call.source].values(), key=lambda c: c.name))
-        _, index = _library(call.source, templates)
-        fn = index[call.name]
+        if (mode, call.name) not in _loaded:
+            _library(call.source, mode)
+        fn, sig, _ = _loaded[(mode, call.name)]
+        if sig != _signature(call):
+            raise RuntimeError(f"emu: {call.name} called with {_signature(call)}, built as {sig}")
         args = []
         for a in call.args:
             if isinstance(a, str):

@@ -240,16 +240,7 @@ EMU_SHAPES = (  # tiny, with channel counts off the tiles, batch 1, 1x1 spatial,
 
 def _gpu_status() -> str | None:
     """None when a CUDA device is usable through CuPy, else the reason why not."""
-    try:
-        import cupy as cp  # noqa: PLC0415
-    except Exception as exc:  # noqa: BLE001
-        return f"CuPy is not importable ({type(exc).__name__}: {exc})"
-    try:
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            return "CuPy sees no CUDA device"
-    except Exception as exc:  # noqa: BLE001
-        return f"no CUDA device answers ({type(exc).__name__}: {exc})"
-    return None
+    return conv_cuda.unusable_reason()
 
 
 def _select(args):

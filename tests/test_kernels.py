@@ -31,20 +31,7 @@ except ImportError:
     import reference as naive
 
 
-def _gpu_reason() -> str | None:
-    try:
-        import cupy as cp
-    except Exception as exc:  # noqa: BLE001
-        return f"CuPy is not importable ({type(exc).__name__})"
-    try:
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            return "CuPy sees no CUDA device"
-    except Exception as exc:  # noqa: BLE001
-        return f"no CUDA device answers ({type(exc).__name__}: {str(exc)[:80]})"
-    return None
-
-
-GPU_REASON = _gpu_reason()
+GPU_REASON = conv_cuda.unusable_reason()
 requires_gpu = pytest.mark.skipif(GPU_REASON is not None, reason=f"needs a CUDA GPU: {GPU_REASON}")
 
 
@@ -315,9 +302,18 @@ def test_autotune_enabled_switch(monkeypatch):
         assert not autotune.enabled()
 
 
-def test_autotune_key_names_direction_shape_device_and_sources():
-    key = autotune.make_key("fwd", (128, 192, 28, 28, 64, 1), "NVIDIA H100", tag="abc")
-    assert key == "fwd|n128.c192.h28.w28.k64.ks1|NVIDIA H100|abc"
+def test_autotune_key_names_everything_that_changes_the_choice():
+    parts = dict(variant="bias1.relu1.aligned1.sm132", toolchain="cupy 14.2.0", tag="abc")
+    key = autotune.make_key("fwd", (128, 192, 28, 28, 64, 1), "NVIDIA H200 sm_90", **parts)
+    assert key == "fwd|n128.c192.h28.w28.k64.ks1|bias1.relu1.aligned1.sm132|NVIDIA H200 sm_90|cupy 14.2.0|abc"
+    others = [autotune.make_key("bwd_data", (128, 192, 28, 28, 64, 1), "NVIDIA H200 sm_90", **parts),
+              autotune.make_key("fwd", (64, 192, 28, 28, 64, 1), "NVIDIA H200 sm_90", **parts),
+              autotune.make_key("fwd", (128, 192, 28, 28, 64, 1), "NVIDIA A100 sm_80", **parts)]
+    for field, value in (("variant", "bias1.relu1.aligned0.sm132"), ("toolchain", "cupy 14.3.0"),
+                         ("tag", "abd")):
+        changed = dict(parts, **{field: value})
+        others.append(autotune.make_key("fwd", (128, 192, 28, 28, 64, 1), "NVIDIA H200 sm_90", **changed))
+    assert len({key, *others}) == len(others) + 1
     assert len(autotune.sources_tag()) == 12
 
 
@@ -363,30 +359,65 @@ def test_autotune_best_measures_once_then_uses_the_cache(cache_file):
     def measure(cand):
         calls.append(cand)
         if cand[1] == (32, 32, 8, 4, 4):
-            raise RuntimeError("too many resources requested for launch")
+            raise conv_cuda.LaunchRejected("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")
         return times[cand]
 
     key = autotune.make_key("fwd", (2, 8, 4, 4, 8, 1), "test-device", tag="t")
     cands = list(times)
-    assert autotune.best(key, cands, measure) == ("v4", (64, 64, 8, 4, 4))
+    skip = (conv_cuda.LaunchRejected,)
+    assert autotune.best(key, cands, measure, skip=skip) == ("v4", (64, 64, 8, 4, 4))
     assert len(calls) == 3
     entry = autotune.load()[key]
     assert entry["config"] == [64, 64, 8, 4, 4] and entry["ms"] == 1.0
-    assert autotune.best(key, cands, measure) == ("v4", (64, 64, 8, 4, 4))
+    assert "OUT_OF_RESOURCES" in entry["rejected"]["v4:32x32x8x4x4"]
+    assert autotune.best(key, cands, measure, skip=skip) == ("v4", (64, 64, 8, 4, 4))
     assert len(calls) == 3  # answered from memory
     autotune.forget_memory()
-    assert autotune.best(key, cands, measure) == ("v4", (64, 64, 8, 4, 4))
+    assert autotune.best(key, cands, measure, skip=skip) == ("v4", (64, 64, 8, 4, 4))
     assert len(calls) == 3  # answered from disk
     # A cached choice that is no longer a candidate is measured again.
-    assert autotune.best(key, cands[:1], measure) == cands[0]
+    assert autotune.best(key, cands[:1], measure, skip=skip) == cands[0]
     assert len(calls) == 4
 
 
-def test_autotune_every_candidate_failing_is_an_error(cache_file):
+def test_autotune_every_candidate_rejected_is_an_error(cache_file):
     def measure(cand):
-        raise RuntimeError("nope")
-    with pytest.raises(RuntimeError, match="every candidate failed"):
-        autotune.best("k", [("v1", (256,))], measure)
+        raise conv_cuda.LaunchRejected("too many resources requested for launch")
+    with pytest.raises(RuntimeError, match="no candidate passed.*too many resources"):
+        autotune.best("k", [("v1", (256,))], measure, skip=(conv_cuda.LaunchRejected,))
+
+
+def test_autotune_a_wrong_result_never_wins_however_fast(cache_file):
+    fast_but_wrong = ("v4", (128, 128, 8, 8, 8))
+    times = {fast_but_wrong: 0.1, ("v4", (64, 64, 8, 4, 4)): 1.0, ("v4", (32, 32, 8, 4, 4)): 2.0}
+    measured = []
+
+    def validate(cand):
+        return cand != fast_but_wrong, "rel error 3.1e-01 (tolerance 1.0e-05)"
+
+    def measure(cand):
+        measured.append(cand)
+        return times[cand]
+
+    key = autotune.make_key("fwd", (2, 8, 4, 4, 8, 1), "test-device", tag="t")
+    assert autotune.best(key, list(times), measure, validate=validate) == ("v4", (64, 64, 8, 4, 4))
+    assert fast_but_wrong not in measured
+    assert "rel error" in autotune.load()[key]["rejected"]["v4:128x128x8x8x8"]
+
+
+def test_autotune_lets_a_fault_through_and_records_nothing(cache_file):
+    def measure(cand):
+        if cand[1] == (64, 64, 8, 4, 4):
+            raise conv_cuda.KernelFault("fwd v4 config 64x64x8/4x4 on (N,C,H,W,K,k)=(2, 8, 4, 4, 8, 1): "
+                                        "conv_fwd_v4<...> failed while running: CUDA_ERROR_ILLEGAL_ADDRESS")
+        return 1.0
+
+    cands = [("v4", (128, 128, 8, 8, 8)), ("v4", (64, 64, 8, 4, 4)), ("v4", (32, 32, 8, 4, 4))]
+    with pytest.raises(conv_cuda.KernelFault, match="64x64x8/4x4.*ILLEGAL_ADDRESS"):
+        autotune.best("k", cands, measure, skip=(conv_cuda.LaunchRejected,))
+    with pytest.raises(ValueError):  # not only CUDA faults: any unexpected error surfaces
+        autotune.best("k", cands, lambda c: float("x"), skip=(conv_cuda.LaunchRejected,))
+    assert autotune.load() == {}
 
 
 # ============================================================================ lab / bench CLI

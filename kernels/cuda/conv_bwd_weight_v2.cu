@@ -29,6 +29,8 @@
 // Launch: block (BM/TM)*(BN/TN) threads (1-D), grid (ceil(CRS / BN), ceil(K / BM), splits),
 //         chunk = pixels per split (a multiple of BK).
 
+#include "tile_fma.cuh"
+
 template <int BM, int BN, int BK, int TM, int TN, int KS>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 conv_bwd_weight_v2(const float* __restrict__ x, const float* __restrict__ gy,
@@ -144,24 +146,7 @@ conv_bwd_weight_v2(const float* __restrict__ x, const float* __restrict__ gy,
         const bool more = t + 1 < n_tiles;
         if (more) load_tile(p_begin + (t + 1) * BK);
 
-#pragma unroll
-        for (int p = 0; p < BK; ++p) {
-            float a[TM], b[TN];
-#pragma unroll
-            for (int g = 0; g < TM / 4; ++g) {
-                const float4 u = *reinterpret_cast<const float4*>(&As[cur][p][g * THREADS_M * 4 + ty * 4]);
-                a[g * 4 + 0] = u.x; a[g * 4 + 1] = u.y; a[g * 4 + 2] = u.z; a[g * 4 + 3] = u.w;
-            }
-#pragma unroll
-            for (int g = 0; g < TN / 4; ++g) {
-                const float4 u = *reinterpret_cast<const float4*>(&Bs[cur][p][g * THREADS_N * 4 + tx * 4]);
-                b[g * 4 + 0] = u.x; b[g * 4 + 1] = u.y; b[g * 4 + 2] = u.z; b[g * 4 + 3] = u.w;
-            }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        tile_fma<BK, TM, TN, THREADS_M, THREADS_N, BM + 4, BN + 4>(As[cur], Bs[cur], ty, tx, acc);
 
         if (more) store_tile(cur ^ 1);
         __syncthreads();
@@ -171,11 +156,11 @@ conv_bwd_weight_v2(const float* __restrict__ x, const float* __restrict__ gy,
     float* dst = out + (long long)split * K * CRS;
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int m = m0 + (i / 4) * THREADS_M * 4 + ty * 4 + (i % 4);
+        const int m = m0 + tile_frag<THREADS_M>(i, ty);
         if (m >= K) continue;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
-            const int q = q0 + (j / 4) * THREADS_N * 4 + tx * 4 + (j % 4);
+            const int q = q0 + tile_frag<THREADS_N>(j, tx);
             if (q < CRS) dst[(long long)m * CRS + q] = acc[i][j];
         }
     }

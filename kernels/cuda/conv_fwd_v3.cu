@@ -25,6 +25,8 @@
 //
 // Launch: block (BM/TM)*(BN/TN) threads (1-D), grid (ceil(N*H*W / BN), ceil(K / BM)).
 
+#include "tile_fma.cuh"
+
 template <int BM, int BN, int BK, int TM, int TN, int KS>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 conv_fwd_v3(const float* __restrict__ x, const float* __restrict__ w,
@@ -101,24 +103,7 @@ conv_fwd_v3(const float* __restrict__ x, const float* __restrict__ w,
         }
         __syncthreads();
 
-#pragma unroll
-        for (int q = 0; q < BK; ++q) {
-            float a[TM], b[TN];
-#pragma unroll
-            for (int g = 0; g < TM / 4; ++g) {
-                const float4 t = *reinterpret_cast<const float4*>(&As[q][g * THREADS_M * 4 + ty * 4]);
-                a[g * 4 + 0] = t.x; a[g * 4 + 1] = t.y; a[g * 4 + 2] = t.z; a[g * 4 + 3] = t.w;
-            }
-#pragma unroll
-            for (int g = 0; g < TN / 4; ++g) {
-                const float4 t = *reinterpret_cast<const float4*>(&Bs[q][g * THREADS_N * 4 + tx * 4]);
-                b[g * 4 + 0] = t.x; b[g * 4 + 1] = t.y; b[g * 4 + 2] = t.z; b[g * 4 + 3] = t.w;
-            }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        tile_fma<BK, TM, TN, THREADS_M, THREADS_N, BM + 4, BN + 4>(As, Bs, ty, tx, acc);
         __syncthreads();  // the next iteration overwrites As and Bs
     }
 
@@ -126,7 +111,7 @@ conv_fwd_v3(const float* __restrict__ x, const float* __restrict__ w,
     long long col_off[TN];  // offset of y[n, 0, h, v] for each column, -1 past the end
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-        const int p = p0 + (j / 4) * THREADS_N * 4 + tx * 4 + (j % 4);
+        const int p = p0 + tile_frag<THREADS_N>(j, tx);
         if (p < NP) {
             const int n = p / HW;
             col_off[j] = (long long)n * K * HW + (p - n * HW);
@@ -136,7 +121,7 @@ conv_fwd_v3(const float* __restrict__ x, const float* __restrict__ w,
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int m = m0 + (i / 4) * THREADS_M * 4 + ty * 4 + (i % 4);
+        const int m = m0 + tile_frag<THREADS_M>(i, ty);
         if (m >= K) continue;
         const float bv_m = has_bias ? bias[m] : 0.0f;
 #pragma unroll

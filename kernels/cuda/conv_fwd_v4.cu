@@ -22,6 +22,8 @@
 // The matrix view, thread layout and epilogue are those of v3; see there.
 // Launch: block (BM/TM)*(BN/TN) threads (1-D), grid (ceil(N*H*W / BN), ceil(K / BM)).
 
+#include "tile_fma.cuh"
+
 template <int BM, int BN, int BK, int TM, int TN, int KS, bool VEC>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 conv_fwd_v4(const float* __restrict__ x, const float* __restrict__ w,
@@ -152,24 +154,7 @@ conv_fwd_v4(const float* __restrict__ x, const float* __restrict__ w,
         const bool more = t + 1 < n_tiles;
         if (more) load_tile((t + 1) * BK);  // in flight while we compute below
 
-#pragma unroll
-        for (int q = 0; q < BK; ++q) {
-            float a[TM], b[TN];
-#pragma unroll
-            for (int g = 0; g < TM / 4; ++g) {
-                const float4 v = *reinterpret_cast<const float4*>(&As[cur][q][g * THREADS_M * 4 + ty * 4]);
-                a[g * 4 + 0] = v.x; a[g * 4 + 1] = v.y; a[g * 4 + 2] = v.z; a[g * 4 + 3] = v.w;
-            }
-#pragma unroll
-            for (int g = 0; g < TN / 4; ++g) {
-                const float4 v = *reinterpret_cast<const float4*>(&Bs[cur][q][g * THREADS_N * 4 + tx * 4]);
-                b[g * 4 + 0] = v.x; b[g * 4 + 1] = v.y; b[g * 4 + 2] = v.z; b[g * 4 + 3] = v.w;
-            }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        tile_fma<BK, TM, TN, THREADS_M, THREADS_N, BM + 4, BN + 4>(As[cur], Bs[cur], ty, tx, acc);
 
         if (more) store_tile(cur ^ 1);
         __syncthreads();
@@ -178,7 +163,7 @@ conv_fwd_v4(const float* __restrict__ x, const float* __restrict__ w,
     // Epilogue. Column group g of this thread covers pixels p0 + g*THREADS_N*4 + tx*4 + {0..3}.
 #pragma unroll
     for (int g = 0; g < TN / 4; ++g) {
-        const int pg = p0 + g * THREADS_N * 4 + tx * 4;
+        const int pg = p0 + tile_frag<THREADS_N>(g * 4, tx);
         long long off[4];  // offset of y[n, 0, h, v] per pixel, -1 past the end
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
@@ -188,7 +173,7 @@ conv_fwd_v4(const float* __restrict__ x, const float* __restrict__ w,
         }
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
-            const int m = m0 + (i / 4) * THREADS_M * 4 + ty * 4 + (i % 4);
+            const int m = m0 + tile_frag<THREADS_M>(i, ty);
             if (m >= K) continue;
             const float bias_m = has_bias ? bias[m] : 0.0f;
             float out[4];

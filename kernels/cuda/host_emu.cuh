@@ -5,9 +5,9 @@
 // bounds checks and barrier placement of every kernel can be checked against the NumPy reference
 // on a machine without a GPU. It emulates only what the lab kernels use:
 //
-// * threadIdx (per OS thread), blockIdx / blockDim / gridDim (per launch);
+// * threadIdx and blockIdx (per OS thread), blockDim / gridDim (per launch);
 // * __shared__ as function-local statics (shared by the threads of the one block that runs at a
-//   time; blocks run one after another);
+//   time; blocks run one after another, on the same OS threads);
 // * __syncthreads() as a std::barrier over the block's threads. A thread that returns leaves the
 //   barrier (arrive_and_drop), as exited threads stop counting on the hardware;
 // * float4 / make_float4 (16-byte aligned, so a misaligned vector access is as wrong here as there);
@@ -24,6 +24,7 @@
 #include <math.h>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -36,33 +37,40 @@ struct alignas(16) float4 { float x, y, z, w; };
 inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 
 namespace emu {
-inline thread_local dim3 thread_idx;
-inline dim3 block_idx, block_dim, grid_dim;
-inline std::barrier<>* block_barrier = nullptr;
+inline thread_local dim3 thread_idx, block_idx;
+inline thread_local std::barrier<>* block_barrier = nullptr;
+inline dim3 block_dim, grid_dim;
 
-// Run `body` (the kernel call) for every thread of every block of the grid.
+// Run `body` (the kernel call) for every thread of every block of the grid. One OS thread per
+// CUDA thread of a block, reused for every block (blocks run one after another): each block has
+// its own barrier for __syncthreads(), which a thread leaves when its kernel call returns (as
+// exited threads stop counting on the hardware), and every thread waits at `next` before
+// starting the following block, so no block touches __shared__ while the previous one still does.
 template <class F>
 void launch(dim3 grid, dim3 block, F body) {
     const unsigned T = block.x * block.y * block.z;
+    const unsigned B = grid.x * grid.y * grid.z;
     grid_dim = grid;
     block_dim = block;
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-        for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                block_idx = dim3(bx, by, bz);
-                std::barrier<> bar((std::ptrdiff_t)T);
-                block_barrier = &bar;
-                std::vector<std::thread> threads;
-                threads.reserve(T);
-                for (unsigned t = 0; t < T; ++t)
-                    threads.emplace_back([&, t] {
-                        thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-                        body();
-                        bar.arrive_and_drop();
-                    });
-                for (auto& th : threads) th.join();
-                block_barrier = nullptr;
+    std::vector<std::unique_ptr<std::barrier<>>> bars;
+    bars.reserve(B);
+    for (unsigned b = 0; b < B; ++b) bars.emplace_back(new std::barrier<>((std::ptrdiff_t)T));
+    std::barrier<> next((std::ptrdiff_t)T);
+    std::vector<std::thread> threads;
+    threads.reserve(T);
+    for (unsigned t = 0; t < T; ++t)
+        threads.emplace_back([&, t] {
+            thread_idx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+            for (unsigned b = 0; b < B; ++b) {
+                block_idx = dim3(b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y));
+                block_barrier = bars[b].get();
+                body();
+                bars[b]->arrive_and_drop();
+                next.arrive_and_wait();
             }
+            block_barrier = nullptr;
+        });
+    for (auto& th : threads) th.join();
 }
 }  // namespace emu
 
