@@ -237,15 +237,9 @@ def _cuda_impls():
 
 
 def cuda_usable() -> str | None:
-    """None when CuPy can run kernels here, else why not."""
-    try:
-        import cupy as cp  # noqa: PLC0415
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            return "CuPy sees no CUDA device"
-        cp.arange(1).sum()  # a real launch
-    except Exception as exc:  # noqa: BLE001
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    """None when CuPy can run kernels here, else why not (the kernels' one probe)."""
+    from kernels.conv_cuda.device import unusable_reason  # noqa: PLC0415
+    return unusable_reason()
 
 
 # ----------------------------------------------------------------------------- device facts
@@ -262,20 +256,18 @@ def device_facts(device: str) -> dict:
         except OSError:
             pass
         return {"name": name, "cores": os.cpu_count(), "peak_tflops": None}
-    import cupy as cp  # noqa: PLC0415
-    rt = cp.cuda.runtime
-    dev = cp.cuda.Device().id
-    props = rt.getDeviceProperties(dev)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    sms = rt.deviceGetAttribute(rt.cudaDevAttrMultiProcessorCount, dev)
-    clock_khz = rt.deviceGetAttribute(rt.cudaDevAttrClockRate, dev)
-    cc = (rt.deviceGetAttribute(rt.cudaDevAttrComputeCapabilityMajor, dev),
-          rt.deviceGetAttribute(rt.cudaDevAttrComputeCapabilityMinor, dev))
+    from kernels.conv_cuda import device  # noqa: PLC0415
+
+    # Device().compute_capability ('90'): CuPy does not export the cudaDevAttrComputeCapability*
+    # constants, so reading them would fail before anything is measured.
+    fact = device.info()
+    cc = fact.compute_capability
     lanes = FP32_LANES_PER_SM.get(cc, 128)
-    peak = sms * clock_khz * 1e3 * lanes * 2 / 1e12
-    return {"name": name, "sm_count": sms, "clock_mhz": clock_khz / 1e3,
+    clock = fact.clock_mhz
+    peak = fact.sm_count * clock * 1e6 * lanes * 2 / 1e12 if clock else None
+    return {"name": fact.name, "sm_count": fact.sm_count, "clock_mhz": clock,
             "compute_capability": f"{cc[0]}.{cc[1]}", "fp32_lanes_per_sm": lanes,
-            "peak_tflops": round(peak, 2)}
+            "peak_tflops": round(peak, 2) if peak else None}
 
 
 def software_versions() -> dict:

@@ -301,6 +301,11 @@ def _worker_torch(args) -> dict:
     out = {"base_rss_mib": base, "threads": torch.get_num_threads()}
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
+        # An FP32 comparison: PyTorch lets cuDNN convolutions round to TF32 by default (10-bit
+        # mantissas), which ours never do, so TF32 is off for convolutions and matmuls alike.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        out["tf32"] = False
     _measure(args, model, infer, train, sync, out)
     if args.device == "cuda":
         out["gpu_mib"] = torch.cuda.max_memory_reserved() / 2**20   # held by the allocator

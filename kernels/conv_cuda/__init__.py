@@ -22,7 +22,7 @@ tested without a GPU:
     sources    the kernel text NVRTC compiles (headers inlined), the sources' hash, NVRTC check
     select     the autotuner's choice: validate every candidate, time the valid ones
     device     the one CuPy probe; device facts and compiled modules, cached per device
-    launch     run a plan on CuPy arrays; errors that name kernel, config and shape
+    launcher   run a plan on CuPy arrays; errors that name kernel, config and shape
     api        the public functions below
     __main__   ``python -m kernels.conv_cuda`` (list instances, nvcc units, NVRTC check)
 
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from .api import (conv_backward_bias, conv_backward_data, conv_backward_weight, conv_forward)
 from .device import DeviceInfo, unusable_reason
-from .launch import KernelError, KernelFault, LaunchRejected, execute, launch
+from .launcher import KernelError, KernelFault, LaunchRejected, execute, launch
 from .planning import (Call, Plan, all_instances, bias_plan, default_config, plan,
                        production_plans, signature, small_problem, split_count, validation_cases)
 from .problem import Problem, supports

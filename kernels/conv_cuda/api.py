@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .. import autotune
 from . import device, select
-from .launch import execute
+from .launcher import execute
 from .planning import bias_plan, default_config, plan
 from .problem import Problem, supports
 from .tables import BEST_VERSION, KSIZES, check_version

@@ -21,7 +21,7 @@ import statistics
 import numpy as np
 
 from .. import autotune
-from .launch import KernelError, LaunchRejected, classify, describe
+from .launcher import KernelError, LaunchRejected, classify, describe
 from .planning import plan
 from .problem import Problem
 from .tables import BEST_VERSION, configs
@@ -38,7 +38,7 @@ class CudaRunner:
         return _cupy().asnumpy(a)
 
     def run(self, pl, buffers: dict, *, check: bool, poison: bool = False):
-        from .launch import execute  # noqa: PLC0415
+        from .launcher import execute  # noqa: PLC0415
         return execute(pl, buffers, check=check, poison=poison)
 
     def time(self, fn, warmup: int = 2, repeat: int = 7) -> float:

@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 COMPILE_OPTIONS = ("-std=c++17",)
 # Python files whose content changes which kernels run, with which launch parameters: a change
 # to any of them invalidates autotuned choices (see ``sources_tag``).
-PLAN_FILES = ("tables.py", "planning.py", "launch.py")
+PLAN_FILES = ("tables.py", "planning.py", "launcher.py")
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 
