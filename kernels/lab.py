@@ -295,6 +295,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=20, help="timed runs per kernel (median)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-time", action="store_true",
+                    help="validate only (e.g. under compute-sanitizer, where timings mean nothing)")
     ap.add_argument("--emu", action="store_true",
                     help="validate on the CPU through kernels.emu (tiny shapes, no timing)")
     args = ap.parse_args(argv)
@@ -329,11 +331,11 @@ def main(argv=None) -> int:
                 for cfg in cfgs:
                     chk = validate(d, v, check_prob, cfg, seed=args.seed)
                     ms = math.nan
-                    if chk.ok:
-                        ms = time(d, v, time_prob, cfg, warmup=args.warmup, repeat=args.repeat)
-                    else:
+                    if not chk.ok:
                         failures += 1
-                    tflops = 2 * time_prob.macs / (ms * 1e-3) / 1e12 if chk.ok else math.nan
+                    elif not args.no_time:
+                        ms = time(d, v, time_prob, cfg, warmup=args.warmup, repeat=args.repeat)
+                    tflops = 2 * time_prob.macs / (ms * 1e-3) / 1e12
                     print(f"{shape.name:32} {d:10} {v:4} {conv_cuda.config_name(cfg):16} "
                           f"{chk.rel:9.2e} {'yes' if chk.ok else 'NO':3} {ms:9.3f} {tflops:8.2f}",
                           flush=True)
