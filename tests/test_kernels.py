@@ -522,6 +522,41 @@ def test_every_config_under_cpu_emulation(direction, version):
             assert chk.ok, (cfg, prob, chk)
 
 
+# ============================================================================ batch-128 coverage
+
+@pytest.mark.parametrize("sm", [132, 108])
+def test_validation_cases_cover_every_launch_googlenet_makes_at_batch_128(sm):
+    """Every (kernel instance, split count) that the autotuner or the heuristic can launch for
+    GoogLeNet at batch 128 has a small validation case with the same signature."""
+    production = {conv_cuda.signature(pl) for pl in conv_cuda.production_plans(128, sm)}
+    covered = {conv_cuda.signature(conv_cuda.plan(d, v, cfg, p, has_bias=True, relu=d == "fwd",
+                                                  sm_count=sm))
+               for d, v, cfg, p in conv_cuda.validation_cases(128, sm)}
+    assert production == covered
+    names = {n for sig in production for n in sig[2]}
+    assert "conv_fwd_v4<128, 128, 8, 8, 8, 1, true>" in names      # the big float4 tile
+    assert any(n.startswith("conv_fwd_v4") and n.endswith("false>") for n in names)  # 7x7 maps
+    splits = {sig[3] for sig in production if sig[0] == "bwd_weight" and sig[1] == "v2"}
+    assert 1 in splits and max(splits) == 64 and len(splits) > 10
+    for d, v, cfg, p in conv_cuda.validation_cases(128, sm):
+        assert p.pixels * max(p.c, p.k) <= 150_000   # small enough for the emulation
+
+
+def _cases_by_group(sm):
+    groups = {}
+    for case in conv_cuda.validation_cases(128, sm):
+        groups.setdefault(case[:2], []).append(case)
+    return groups
+
+
+@requires_emu
+@pytest.mark.parametrize("direction, version", sorted(_cases_by_group(conv_cuda.DEFAULT_SM_COUNT)))
+def test_every_batch_128_launch_under_cpu_emulation(direction, version):
+    for d, v, cfg, p in _cases_by_group(conv_cuda.DEFAULT_SM_COUNT)[(direction, version)]:
+        chk = lab.validate(d, v, p, cfg, backend="emu", sm_count=conv_cuda.DEFAULT_SM_COUNT)
+        assert chk.ok, (cfg, p, chk)
+
+
 # ============================================================================ GPU
 
 @functools.lru_cache(maxsize=None)
@@ -565,6 +600,18 @@ def test_gpu_every_version_and_config_on_odd_shapes(problem, data):
     d, v = data.draw(st.sampled_from(ALL_VERSIONS))
     cfg = data.draw(st.sampled_from(conv_cuda.configs(d, v)))
     _gpu_check(d, v, problem, cfg, seed=data.draw(st.integers(0, 3)))
+
+
+@requires_gpu
+def test_gpu_every_batch_128_launch_on_small_shapes():
+    """The emulated matrix above, on the device: its SM count sets the split counts."""
+    sm = conv_cuda.device_sm_count()
+    failures = []
+    for d, v, cfg, p in conv_cuda.validation_cases(128, sm):
+        chk = lab.validate(d, v, p, cfg, sm_count=sm)
+        if not chk.ok:
+            failures.append((d, v, conv_cuda.config_name(cfg), p.as_tuple(), chk.rel, chk.unwritten))
+    assert not failures, failures
 
 
 @requires_gpu
