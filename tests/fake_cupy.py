@@ -7,6 +7,7 @@ test installs; devices are numbered and have their own facts. The runtime delibe
 from __future__ import annotations
 
 import ctypes
+import time
 import types
 
 import numpy as np
@@ -69,7 +70,15 @@ def make(devices=DEVICES):
             assert name in self.names, name
             return emu_function(name)
 
-    cuda = types.SimpleNamespace(Device=Device, runtime=runtime,
+    class Event:
+        def record(self):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+    cuda = types.SimpleNamespace(Device=Device, runtime=runtime, Event=Event,
+                                 get_elapsed_time=lambda a, b: 1e3 * (b.t - a.t),
                                  get_current_stream=lambda: Stream(),
                                  nvrtc=types.SimpleNamespace(getVersion=lambda: (12, 9)))
     mod = types.SimpleNamespace(

@@ -255,6 +255,29 @@ def test_a_fault_during_autotuning_surfaces_with_kernel_config_and_shape(fake_cu
     assert autotune.load() == {}   # nothing cached from a run that faulted
 
 
+@requires_emu
+def test_public_api_end_to_end_on_the_emulated_device(fake_cuda):
+    """conv_forward / conv_backward_* as layers call them (version=None: validated autotuning),
+    on the stand-in device, against the float64 reference; the cache holds one entry per
+    direction, keyed with the device and the toolchain."""
+    p = Problem(2, 12, 7, 7, 10, 3)
+    inputs = lab.make_inputs("fwd", p, 1)
+    x, w, b = inputs["x"], inputs["w"], inputs["b"]
+    gy = np.random.default_rng(2).standard_normal((2, 10, 7, 7), dtype=np.float32)
+    y = conv_cuda.conv_forward(x, w, b, relu=True)
+    assert lab.rel_error(y, lab.ref_forward(x, w, b, relu=True)) < 1e-5
+    assert lab.rel_error(conv_cuda.conv_backward_data(gy, w), lab.ref_backward_data(gy, w)) < 1e-5
+    assert lab.rel_error(conv_cuda.conv_backward_weight(x, gy, 3),
+                         lab.ref_backward_weight(x, gy, 3)) < 1e-5
+    assert lab.rel_error(conv_cuda.conv_backward_bias(gy), lab.ref_backward_bias(gy)) < 1e-5
+    entries = autotune.load()
+    assert sorted(k.split("|")[0] for k in entries) == ["bwd_data", "bwd_weight", "fwd"]
+    assert all("Fake H200 sm_90" in k and "cupy 14.2.0-fake" in k for k in entries)
+    assert all(not e["rejected"] for e in entries.values())
+    y2 = conv_cuda.conv_forward(x, w, b, relu=True, version="v3", config=(32, 32, 8, 4, 4))
+    assert float(np.abs(y2 - y).max()) < 1e-4
+
+
 def test_the_cache_key_carries_flags_device_and_toolchain(fake_cuda, monkeypatch):
     keys = []
 

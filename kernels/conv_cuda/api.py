@@ -22,6 +22,7 @@ def _toolchain_tag() -> str:
 def _device_tag(info) -> str:
     return f"{info.name} {info.arch}"
 
+
 def _validate(op: str, direction: str, arrays: dict, problem: Problem):
     """Check types, dtypes, contiguity and shape support; return contiguous arrays."""
     cp = device.cupy()
@@ -46,8 +47,15 @@ def _validate(op: str, direction: str, arrays: dict, problem: Problem):
     return out
 
 
+def _address(a) -> int:
+    """Device address of a CuPy array (host address of a NumPy one, for CPU stand-ins)."""
+    ptr = getattr(a.data, "ptr", None)
+    return int(ptr) if ptr is not None else int(a.__array_interface__["data"][0])
+
+
 def _aligned(*arrays) -> bool:
-    return all(a.data.ptr % 16 == 0 for a in arrays if a is not None)
+    """Every array 16-byte aligned: the float4 paths may run."""
+    return all(_address(a) % 16 == 0 for a in arrays if a is not None)
 
 
 def _resolve(direction, problem, version, config, buffers, *, has_bias=False, relu=False):
