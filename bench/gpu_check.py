@@ -24,12 +24,12 @@ cannot launch a kernel, or with ``--dry-run``):
     tests        pytest: the GPU tests of the kernels (every config at the batch-128 split counts)
     layer_tests  pytest: every layer on CuPy
     lab          ``kernels.lab`` validating and timing every version and config on inception_4a
-    sanitizer    ``compute-sanitizer`` memcheck and racecheck of the fast kernels, small shapes
     conv_bench   ``bench.conv_throughput``: 59 convolutions x 3 directions against cuDNN FP32
                  (TF32 off) and CuPy im2col + cuBLAS
     parity       GoogLeNet's first training steps on the CPU and on the GPU: losses compared
     train_bench  ``bench.train_throughput --device cuda`` at batch 128 against PyTorch eager FP32
     train        300 steps of ``models.googlenet train --device cuda`` on the built-in data
+    sanitizer    ``compute-sanitizer`` memcheck and racecheck of the fast kernels, small shapes
 
 Exit status: 0 when no step that ran failed (skipped steps do not count), 1 otherwise, 2 for a
 bad command line. The autotuner's choices go to OUTDIR/autotune.json (a fresh search).
@@ -80,32 +80,32 @@ def plan(out: Path) -> list[Step]:
              _py("-m", "bench.gpu_check", "--step", "ceilings", str(out))),
         Step("compile", 90, True, "NVRTC: every kernel instance into CuPy's cache",
              _py("-m", "bench.gpu_check", "--step", "compile", str(out))),
-        Step("tests", 150, True, "GPU tests of the kernels",
+        Step("tests", 120, True, "GPU tests of the kernels",
              _py(*tests, "tests/test_kernels.py", "-k", "gpu")),
-        Step("layer_tests", 90, True, "every layer on CuPy",
+        Step("layer_tests", 60, True, "every layer on CuPy",
              _py(*tests, "tests/test_layers.py", "-k", "cupy")),
-        Step("lab", 60, True, "every version and config on inception_4a",
+        Step("lab", 45, True, "every version and config on inception_4a",
              _py("-m", "kernels.lab", "--only", "inception_4a", "--all-configs", "--repeat", "5")),
-        Step("sanitizer", 60, True, "compute-sanitizer memcheck + racecheck, small shapes",
-             _py("-m", "bench.gpu_check", "--step", "sanitizer", str(out))
-             if sanitizer else []),
         Step("conv_bench", 150, True, "59 convolutions x 3 directions vs cuDNN FP32 and cuBLAS",
              _py("-m", "bench.conv_throughput", "--device", "cuda", "--batch", "128",
                  "--impls", "cupy-im2col,custom-v4,custom-best,torch-cudnn-fp32,torch-cudnn-tf32",
                  "--repeat", "10", "--warmup", "2", "--json", str(out / "conv_throughput.json"),
                  "--plot", str(out / "conv_throughput.png"))),
-        Step("parity", 60, True, "first training steps: CPU and GPU losses",
+        Step("parity", 45, True, "first training steps: CPU and GPU losses",
              _py("-m", "bench.gpu_check", "--step", "parity", str(out))),
-        Step("train_bench", 120, True, "train img/s at batch 128 vs PyTorch eager FP32",
+        Step("train_bench", 90, True, "train img/s at batch 128 vs PyTorch eager FP32",
              _py("-m", "bench.train_throughput", "--device", "cuda", "--batch-sizes", "128",
                  "--steps", "10", "--warmup", "3", "--json", str(out / "train_throughput.json"))),
-        Step("train", 150, True, "300 steps of train --device cuda, built-in data",
+        Step("train", 90, True, "300 steps of train --device cuda, built-in data",
              _py("-m", "models.googlenet", "train", "--device", "cuda", "--epochs", "4",
                  "-b", "16", "--builtin-dir", str(out / "builtin"), "--output-dir",
                  str(out / "train"), "--overwrite", "--print-freq", "25")),
+        Step("sanitizer", 60, True, "compute-sanitizer memcheck + racecheck, small shapes",
+             _py("-m", "bench.gpu_check", "--step", "sanitizer", str(out))
+             if sanitizer else []),
     ]
     if not sanitizer:
-        steps[6].what += " (compute-sanitizer not found)"
+        steps[-1].what += " (compute-sanitizer not found)"
     return steps
 
 

@@ -56,11 +56,11 @@ def make_key(direction: str, problem: tuple, device: str, *, variant: str = "",
              toolchain: str = "", tag: str | None = None) -> str:
     """Everything that can change the choice, joined by '|':
 
-    'fwd|n128.c192.h28.w28.k64.ks1|bias1.relu1.aligned1.sm132|NVIDIA H200 sm_90|cupy 14.2.0 ...|<hash>'
+    'fwd|n128.c192.h28.w28.k64.ks1|aligned1.sm132|NVIDIA H200 sm_90|cupy 14.2.0 ...|<hash>'
 
-    direction and problem; the call's flags (bias, fused ReLU, 16-byte alignment, which picks the
-    float4 or scalar instance, and the SM count, which sets split-K); the device; the CuPy,
-    CUDA runtime / driver and NVRTC versions; the hash of kernel sources and plan code.
+    direction and problem; the call's variant (16-byte alignment, which picks the float4 or the
+    scalar instance, and the SM count, which sets split-K); the device; the CuPy, CUDA runtime /
+    driver and NVRTC versions; the hash of kernel sources and plan code.
     """
     n, c, h, w, k, ks = (int(v) for v in problem)
     tag = sources_tag() if tag is None else tag

@@ -62,9 +62,11 @@ def _cupy():
     return cupy()
 
 
-def variant_tag(has_bias: bool, relu: bool, aligned: bool, sm_count: int) -> str:
-    """The call's flags that change the plan or the launched code, for the cache key."""
-    return f"bias{int(has_bias)}.relu{int(relu)}.aligned{int(aligned)}.sm{int(sm_count)}"
+def variant_tag(aligned: bool, sm_count: int) -> str:
+    """The call's properties that change the launched code, for the cache key: alignment picks
+    the float4 or the scalar instance, the SM count sets the split-K counts. (Bias and fused
+    ReLU are runtime arguments of the same instance; candidates are validated with them.)"""
+    return f"aligned{int(aligned)}.sm{int(sm_count)}"
 
 
 def check_problem(problem: Problem) -> Problem:
@@ -86,7 +88,7 @@ def tuned_choice(direction: str, problem: Problem, buffers: dict, *, has_bias: b
     version = BEST_VERSION[direction]
     candidates = [(version, tuple(cfg)) for cfg in configs(direction, version)]
     key = autotune.make_key(direction, problem.as_tuple(), device_tag,
-                            variant=variant_tag(has_bias, relu, aligned, sm_count),
+                            variant=variant_tag(aligned, sm_count),
                             toolchain=toolchain_tag)
     small = check_problem(problem)
     state = {}
