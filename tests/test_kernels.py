@@ -4,11 +4,14 @@ CPU (run everywhere): GoogLeNet's shape table and MAC totals; the float64 refere
 naive loops and against the adjoint identities; supports() and the config rules; the launch
 plans' grid arithmetic (hypothesis); the autotune cache (round trip, merge, atomic write);
 the bench CLI. Where g++ exists, the real .cu kernels also run through the CPU emulation
-(kernels.emu) on small odd shapes; the full emulated matrix is marked slow.
+(kernels.emu) on small odd shapes, and on a small case for every kernel instance and split count
+GoogLeNet launches at batch 128; the every-config x every-shape emulated matrix is opt-in.
 
 GPU (skipped with the reason when CuPy or a device is missing): every version and direction
 against the reference on every GoogLeNet shape (batch 2) and on hypothesis-drawn odd shapes,
-with NaN-poisoned outputs; the public API, autotuning, errors and determinism.
+every batch-128 launch signature at the device's SM count, with NaN-poisoned outputs; the
+public API, autotuning, errors and determinism. (tests/test_kernels_device.py runs the CuPy
+launcher and autotuner on the CPU against a stand-in CuPy.)
 """
 from __future__ import annotations
 
