@@ -196,8 +196,9 @@ def test_versions_and_unknown_direction():
 def test_importing_kernels_does_not_import_cupy():
     import subprocess
     import sys
-    code = ("import sys, kernels, kernels.conv_cuda, kernels.autotune, kernels.shapes, kernels.lab; "
-            "print('cupy' in sys.modules)")
+    code = ("import sys, kernels, kernels.conv_cuda, kernels.autotune, kernels.shapes, kernels.lab, "
+            "kernels.emu, kernels.sanitize, kernels.conv_cuda.device, kernels.conv_cuda.select, "
+            "bench.gpu_check; print('cupy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     assert out.stdout.strip() == "False"
