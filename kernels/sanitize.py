@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -150,8 +149,9 @@ def _child(tool: str, subset: str, directions) -> int:
 
 
 def run_tool(tool: str, subset: str = "full", directions=DIRECTIONS, timeout: float | None = None,
-             plant: str | None = None) -> tuple[int, str]:
-    """Run one tool's child process; return (exit status, its combined output)."""
+             plant: str | None = None, echo: bool = False) -> tuple[int, str]:
+    """Run one tool's child process; return (exit status, its combined output), which ``echo``
+    also prints line by line as it comes."""
     lib = runtime_library(tool)
     if lib is None:
         return 2, f"sanitize: no {RUNTIME[tool]} for the C++ compiler; {tool} check not run"
@@ -162,12 +162,25 @@ def run_tool(tool: str, subset: str = "full", directions=DIRECTIONS, timeout: fl
            "--directions", ",".join(directions)] + (["--plant", plant] if plant else [])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=root)
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return 1, out + f"\nsanitize: {tool} run exceeded {timeout} s"
-    return res.returncode, res.stdout + res.stderr
+    lines = []
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    timer = None
+    if timeout is not None:
+        import threading  # noqa: PLC0415
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+    for line in proc.stdout:   # the child's progress and any report, as they come
+        lines.append(line)
+        if echo:
+            print(line, end="", flush=True)
+    rc = proc.wait()
+    if timer is not None:
+        timer.cancel()
+        if rc < 0:
+            lines.append(f"sanitize: {tool} run exceeded {timeout} s\n")
+            rc = 1
+    return rc, "".join(lines)
 
 
 def main(argv=None) -> int:
@@ -198,8 +211,7 @@ def main(argv=None) -> int:
     status = 0
     for tool in (TOOLS if args.tool == "both" else (args.tool,)):
         t0 = time.perf_counter()
-        rc, out = run_tool(tool, args.subset, directions)
-        print(out.rstrip())
+        rc, out = run_tool(tool, args.subset, directions, echo=True)
         verdict = {0: "clean", 2: "NOT RUN"}.get(rc, f"FAILED (exit status {rc})")
         print(f"== {tool}: {verdict} in {time.perf_counter() - t0:.0f} s", flush=True)
         status = max(status, 1 if rc not in (0, 2) else rc)
