@@ -87,22 +87,24 @@ def _wrapper_source(source: str, calls: list[Call]) -> str:
 
 def _dependencies(source: str) -> str:
     """The text of everything the wrapper compiles: the headers and the kernel source."""
-    parts = [HEADER.read_text(), (KERNEL_DIR / source).read_text()]
+    parts = [HEADER.read_text(), (KERNEL_DIR / source).read_text()]   # an absolute source stays itself
     parts += [p.read_text() for p in sorted(KERNEL_DIR.glob("*.cuh"))]
     return "\0".join(parts)
 
 
-_loaded: dict[tuple, tuple] = {}   # (sanitizer mode, instance name) -> (function, signature)
+_loaded: dict[tuple, tuple] = {}   # (sanitizer mode, source, instance) -> (function, signature, lib)
 
 
-def _library(source: str, mode: str | None, names: tuple | None = None) -> None:
+def _library(source: str, mode: str | None, names: tuple | None = None, calls=None) -> None:
     """Build (or reuse) one shared library holding the instances ``names`` of ``source``
-    (default: every instance plans can launch) and register its functions. One g++ run per
-    library, cached on disk by content."""
+    (default: every instance plans can launch) and register its functions. ``calls`` gives
+    the instances of a source that is not one of the lab's (a path; its calls' argument kinds
+    are the signatures). One g++ run per library, cached on disk by content."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("kernels.emu needs a C++20 compiler (g++); none was found")
-    calls = [c for c in all_calls()[source] if names is None or c.name in names]
+    if calls is None:
+        calls = [c for c in all_calls()[source] if names is None or c.name in names]
     flags = CXX_FLAGS + (SANITIZE_FLAGS[mode] if mode else ())
     code = _wrapper_source(source, calls)
     digest = hashlib.sha256("\0".join(
@@ -129,7 +131,13 @@ def _library(source: str, mode: str | None, names: tuple | None = None) -> None:
         fn.restype = None
         fn.argtypes = [ctypes.c_uint] * 6 + [
             ctypes.c_void_p if t == "float*" else ctypes.c_int for t in _signature(call)]
-        _loaded[(mode, call.name)] = (fn, _signature(call), lib)
+        _loaded[(mode, source, call.name)] = (fn, _signature(call), lib)
+
+
+def _template_of(call: Call) -> Call:
+    """A canonical call for a kernel name: the wrapper depends only on name and argument kinds."""
+    kinds = tuple("p" if isinstance(a, str) else 0 for a in call.args)
+    return Call(call.source, call.name, (1, 1, 1), (1, 1, 1), kinds)
 
 
 def build(plans=None) -> None:
@@ -144,10 +152,25 @@ def build(plans=None) -> None:
     wanted: dict[str, set] = {}
     for pl in plans:
         for call in pl.calls:
-            if (mode, call.name) not in _loaded:
+            if (mode, call.source, call.name) not in _loaded:
                 wanted.setdefault(call.source, set()).add(call.name)
     for source, names in sorted(wanted.items()):
         _library(source, mode, tuple(sorted(names)))
+
+
+def function(call: Call):
+    """(ctypes function, signature) running ``call``'s instance, built on first use: for the
+    lab's sources a library with all their instances, for another source (a path: the
+    walk-through's exercises) one with the instances of this call."""
+    mode = sanitizer()
+    key = (mode, call.source, call.name)
+    if key not in _loaded:
+        if call.source in all_calls():
+            _library(call.source, mode)
+        else:
+            _library(call.source, mode, calls=[_template_of(call)])
+    fn, sig, _ = _loaded[key]
+    return fn, sig
 
 
 def execute(pl: Plan, buffers: dict, *, poison: bool = True) -> np.ndarray:
@@ -160,11 +183,8 @@ def execute(pl: Plan, buffers: dict, *, poison: bool = True) -> np.ndarray:
         bufs[name] = np.full(shape, fill, dtype=np.float32)
     bufs[pl.output] = np.full(pl.output_shape, fill, dtype=np.float32)
 
-    mode = sanitizer()
     for call in pl.calls:
-        if (mode, call.name) not in _loaded:
-            _library(call.source, mode)
-        fn, sig, _ = _loaded[(mode, call.name)]
+        fn, sig = function(call)
         if sig != _signature(call):
             raise RuntimeError(f"emu: {call.name} called with {_signature(call)}, built as {sig}")
         args = []

@@ -110,7 +110,7 @@ def _plant(kind: str) -> int:
         emu.execute(dataclasses.replace(pl, output_shape=(1, *pl.output_shape[1:])), inputs)
         return 0
     out = emu.execute(pl, inputs)
-    fn, _, _ = emu._loaded[(emu.sanitizer(), pl.calls[0].name)]
+    fn, _ = emu.function(pl.calls[0])
     args = [ctypes.c_uint(int(v)) for v in (*pl.calls[0].grid, *pl.calls[0].block)]
     ptrs = {"x": inputs["x"], "w": inputs["w"], "y": out}
     args += [ctypes.c_void_p(ptrs[a].ctypes.data) if isinstance(a, str) else ctypes.c_int(a)

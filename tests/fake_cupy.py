@@ -94,11 +94,10 @@ def emu_function(name: str):
     from kernels import emu
     from kernels.conv_cuda.planning import all_calls
 
+    call = next(c for calls in all_calls().values() for c in calls if c.name == name)
+
     def run(grid, block, args):
-        if (None, name) not in emu._loaded:
-            source = next(s for s, calls in all_calls().items() if any(c.name == name for c in calls))
-            emu._library(source, None)
-        fn, _, _ = emu._loaded[(None, name)]
+        fn, _ = emu.function(call)
         cargs = [ctypes.c_void_p(a.ctypes.data) if isinstance(a, np.ndarray) else ctypes.c_int(int(a))
                  for a in args]
         fn(*[ctypes.c_uint(int(v)) for v in (*grid, *block)], *cargs)
