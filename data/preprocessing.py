@@ -6,9 +6,13 @@ and no division. One rule covers both: for channel c of the file's channel order
 
     x[c] = (pixel[c] * pixel_range / 255 - mean[c]) / std[c]
 
-with ``pixel_range`` 1 (pixels in [0, 1]) or 255 (raw 8-bit values). Checkpoints store it as
-``meta["preprocessing"]``: ``{"channels", "order", "pixel_range", "mean", "std"}``; files
-written before ``order`` and ``pixel_range`` existed mean RGB (or L) and 1.
+with ``pixel_range`` 1 (pixels in [0, 1]) or 255 (raw 8-bit values), and then, when
+``center`` is set, each channel of each image (each crop) minus its own mean over the pixels:
+``x[c] -= mean over (h, w) of x[c]``, so that an image's overall colour does not count, only
+what varies inside it (the built-in shapes dataset paints its shapes over random colours).
+Checkpoints store it as ``meta["preprocessing"]``: ``{"channels", "order", "pixel_range",
+"mean", "std", "center"}``; files written before ``order``, ``pixel_range`` and ``center``
+existed mean RGB (or L), 1 and no centring.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ class Preprocessing:
     pixel_range: float = 1.0
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    center: bool = False
 
     def __post_init__(self):
         if self.channels not in ORDERS or self.order not in ORDERS[self.channels]:
@@ -51,7 +56,8 @@ class Preprocessing:
         return cls(channels=channels, order=meta.get("order", default.order),
                    pixel_range=float(meta.get("pixel_range", 1.0)),
                    mean=tuple(float(v) for v in meta.get("mean", default.mean)),
-                   std=tuple(float(v) for v in meta.get("std", default.std)))
+                   std=tuple(float(v) for v in meta.get("std", default.std)),
+                   center=bool(meta.get("center", False)))
 
     @classmethod
     def ours(cls, channels: int = 3) -> "Preprocessing":
@@ -67,11 +73,12 @@ class Preprocessing:
 
     def to_meta(self) -> dict:
         return {"channels": self.channels, "order": self.order, "pixel_range": self.pixel_range,
-                "mean": list(self.mean), "std": list(self.std)}
+                "mean": list(self.mean), "std": list(self.std), "center": self.center}
 
     def describe(self) -> str:
         return (f"{self.order}, pixels in [0, {self.pixel_range:g}], mean "
-                f"{[round(m, 4) for m in self.mean]}, std {[round(s, 4) for s in self.std]}")
+                f"{[round(m, 4) for m in self.mean]}, std {[round(s, 4) for s in self.std]}"
+                + (", each image centred" if self.center else ""))
 
     def _rgb(self, values) -> tuple:
         return tuple(values[::-1]) if self.order == "BGR" else tuple(values)
@@ -84,9 +91,12 @@ class Preprocessing:
                 "std": tuple(s / r for s in self._rgb(self.std))}
 
     def finish(self, x: np.ndarray) -> np.ndarray:
-        """Arrays from ``data.transforms`` (channels on axis -3, RGB) -> the file's order."""
+        """Arrays from ``data.transforms`` (channels on axis -3, RGB) -> the file's order,
+        each image (crop) centred when ``center``."""
         if self.order == "BGR":
-            return np.ascontiguousarray(x[..., ::-1, :, :])
+            x = np.ascontiguousarray(x[..., ::-1, :, :])
+        if self.center:
+            x = (x - x.mean(axis=(-2, -1), keepdims=True, dtype=np.float64)).astype(np.float32)
         return x
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
@@ -98,6 +108,8 @@ class Preprocessing:
             x = x[:, :, ::-1]
         x = x * np.float32(self.pixel_range / 255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.center:
+            x = x - x.mean(axis=(0, 1), keepdims=True, dtype=np.float64).astype(np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 

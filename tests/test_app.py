@@ -400,3 +400,25 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
         alive = [p for p in pids if os.path.exists(f"/proc/{p}") and
                  "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
     assert not alive, f"workers {alive} outlived their parent"
+
+
+# ------------------------------------------------------------------ per-image centring
+@pytest.mark.parametrize("caffe", [False, True])
+def test_centred_preprocessing_removes_each_images_mean(caffe):
+    """Both routes (transforms + finish, and apply on raw pixels) centre each image and each
+    crop on its own, per channel, and agree with each other."""
+    import dataclasses
+    from data.preprocessing import Preprocessing
+    from data.transforms import to_array
+    prep = dataclasses.replace(Preprocessing.caffe() if caffe else Preprocessing(), center=True)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    a = prep.apply(pixels)
+    b = prep.finish(to_array(Image.fromarray(pixels), **prep.transform_args()))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(a.mean(axis=(1, 2)), 0, atol=1e-5)
+    plain = dataclasses.replace(prep, center=False).apply(pixels)
+    np.testing.assert_allclose(a, plain - plain.mean(axis=(1, 2), keepdims=True), atol=1e-5)
+    crops = prep.finish(rng.standard_normal((4, 3, 5, 5)).astype(np.float32) + 7)
+    np.testing.assert_allclose(crops.mean(axis=(2, 3)), 0, atol=1e-5)
+    assert Preprocessing.from_meta(prep.to_meta()) == prep

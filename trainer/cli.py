@@ -52,6 +52,8 @@ def _add_train_flags(p, spec) -> None:
                   "help": (meta["help"] + _default_text(spec, f)).replace("%", "%%")}
         if f.type in ("bool",) or isinstance(f.default, bool):
             kwargs["action"] = "store_true"
+        elif f.type == "bool | None":
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kind = {"int | None": int, "float | None": float, "int": int, "float": float}
             kwargs["type"] = kind.get(f.type, str)

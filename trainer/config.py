@@ -20,7 +20,7 @@ RECIPE = None   # "take this from the network's recipe"
 # Settings that may change when a run is resumed; all others are part of the run and must
 # match the checkpoint (a different learning rate would silently make a different run).
 # Settings added after checkpoints were first written: a saved run without one had it unset.
-ADDED_SETTINGS = {"weights": None}
+ADDED_SETTINGS = {"weights": None, "center_images": False}
 
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "print_freq", "data", "output_dir",
                      "builtin_dir", "resume", "overwrite")
@@ -64,6 +64,9 @@ class TrainConfig:
                                          "evaluation and checkpoints' 'ema' weights; 0 turns it off")
     image_size: int | None = _f(RECIPE, "training crop side in pixels")
     crop_scale: float | None = _f(RECIPE, "smallest random crop, as a fraction of the image area")
+    center_images: bool | None = _f(RECIPE, "subtract each image's own mean colour after "
+                                            "normalising (kept with the weights, so eval, "
+                                            "predict and export do the same)")
     dtype: str = _f("float32", "float64 is for checking, float32 for training",
                     choices=("float32", "float64"))
     seed: int = _f(0, "seeds initialisation, data order, augmentation and dropout")
@@ -111,9 +114,14 @@ BUILTIN_DATA_DEFAULTS = {"builtin_classes": 10, "builtin_train": 120, "builtin_v
                          "builtin_size": 72}
 
 
+# Recipe fields a network's recipe may leave out.
+RECIPE_DEFAULTS = {"warmup_epochs": 0.0, "center_images": False}
+
+
 def recipe_for(spec, builtin: bool) -> dict:
     """The defaults for the recipe fields: the paper's, with the built-in overrides."""
     values = dict(BUILTIN_DATA_DEFAULTS)
+    values.update(RECIPE_DEFAULTS)
     values.update({k: v for k, v in spec.builtin.items() if k.startswith("builtin_")})
     values.update(spec.recipe)
     if builtin:

@@ -57,16 +57,15 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
     return int((top == labels[:, None]).any(axis=1).sum())
 
 
-def preprocessing(spec, weights: str | None = None) -> dict:
-    """How images become network inputs (stored in checkpoints); a run started from
-    ``--weights`` keeps the preprocessing those weights were trained with."""
-    from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    saved = ckpt.read_meta(weights).get("preprocessing") if weights else None
+def preprocessing(spec, cfg: TrainConfig) -> dict:
+    """How images become network inputs (stored in checkpoints): ours for the network's
+    channels, each image centred when ``cfg.center_images``; a run started from ``--weights``
+    keeps the preprocessing those weights were trained with."""
+    saved = ckpt.read_meta(cfg.weights).get("preprocessing") if cfg.weights else None
     if saved:
         return saved
-    if spec.in_channels == 1:
-        return {"channels": 1, "mean": [0.5], "std": [0.5]}
-    return {"channels": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    prep = Preprocessing.ours(spec.in_channels)
+    return dataclasses.replace(prep, center=bool(cfg.center_images)).to_meta()
 
 
 def evaluate(model, loader, device: str, desc: str = "val") -> dict:
@@ -177,7 +176,7 @@ def prepare_data(cfg: TrainConfig, spec, workers: int):
     mode = "L" if spec.in_channels == 1 else "RGB"
     train_set = ImageFolder(root, "train", mode=mode)
     val_set = ImageFolder(root, "val", classes=train_set.classes, mode=mode)
-    prep = Preprocessing.from_meta(preprocessing(spec, cfg.weights), spec.in_channels)
+    prep = Preprocessing.from_meta(preprocessing(spec, cfg), spec.in_channels)
     train_loader = DataLoader(
         train_set, cfg.batch_size, shuffle=True, workers=workers, seed=cfg.seed,
         transform=Prepared(train_transform(cfg.image_size, scale=(cfg.crop_scale, 1.0),
@@ -207,7 +206,7 @@ def _save(path, model, opt, ema, state, cfg, spec, classes) -> None:
     meta = {"kind": ckpt.RUN_KIND, "epoch": state.epoch, "step": state.step,
             "best_top1": state.best_top1, "classes": classes, "config": cfg.to_dict(),
             "optim": opt.state_dict()["hyper"], "ema_updates": ema.updates if ema else 0,
-            "rng": backend.get_rng_state(), "preprocessing": preprocessing(spec, cfg.weights),
+            "rng": backend.get_rng_state(), "preprocessing": preprocessing(spec, cfg),
             "model": ckpt.model_meta(spec, model, cfg.image_size, cfg.init)}
     ckpt.save_checkpoint(path, ckpt.pack_namespaces(groups), meta)
 
