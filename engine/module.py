@@ -3,6 +3,11 @@
 Assigning a ``Parameter`` or a ``Module`` as an attribute registers it, in
 assignment order, so ``named_parameters()`` yields dot-separated paths such as
 ``inception_3a.conv_1x1.weight``: the state-dict keys of the model contract.
+
+A *buffer* (``register_buffer``) is an array that belongs to the model's state
+but is not trained: batch norm's running mean and variance. Buffers follow the
+parameters in ``state_dict()``, load with them and move with ``to()``; the
+optimizer never sees them.
 """
 from __future__ import annotations
 
@@ -35,12 +40,17 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_params", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
         if "_params" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call Module.__init__() before "
                                f"assigning attributes")
+        if name in self._buffers:          # reassigning a buffer keeps it registered
+            self._buffers[name] = value
+            object.__setattr__(self, name, value)
+            return
         self._params.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -79,6 +89,24 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def register_buffer(self, name: str, array) -> None:
+        """Keep ``array`` as ``self.<name>``: saved, loaded and moved like a parameter,
+        never trained (running statistics)."""
+        if name in self._params or name in self._modules:
+            raise ValueError(f"{type(self).__name__}: {name!r} is already a parameter or module")
+        self._buffers[name] = array
+        object.__setattr__(self, name, array)
+
+    def named_buffers(self, prefix: str = ""):
+        for mod_name, m in self.named_modules(prefix):
+            for name, b in m._buffers.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), b
+
+    def _buffer_slots(self):
+        """Full name -> (owning module, attribute name), for every buffer."""
+        return OrderedDict(((f"{mod_name}.{name}" if mod_name else name), (m, name))
+                           for mod_name, m in self.named_modules() for name in m._buffers)
+
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.parameters()))
 
@@ -102,6 +130,8 @@ class Module:
             p.data = backend.to_device(p.data, device)
             if p.grad is not None:
                 p.grad = backend.to_device(p.grad, device)
+        for m, name in self._buffer_slots().values():
+            setattr(m, name, backend.to_device(m._buffers[name], device))
         return self
 
     @property
@@ -111,8 +141,10 @@ class Module:
 
     # --- state dicts
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Name -> the parameter's array (live, not a copy; NumPy or CuPy)."""
-        return OrderedDict((name, p.data) for name, p in self.named_parameters())
+        """Name -> the parameter's array, then each buffer's (live, not copies; NumPy or CuPy)."""
+        state = OrderedDict((name, p.data) for name, p in self.named_parameters())
+        state.update(self.named_buffers())
+        return state
 
     def load_state_dict(self, state, strict: bool = True) -> None:
         """Copy arrays into the parameters, converting to their device and dtype.
@@ -121,6 +153,8 @@ class Module:
         and ``ValueError`` naming every shape mismatch, before changing anything.
         """
         own = OrderedDict(self.named_parameters())
+        buffers = self._buffer_slots()
+        own.update((k, m._buffers[name]) for k, (m, name) in buffers.items())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
@@ -137,9 +171,15 @@ class Module:
                              + "; ".join(mismatched))
         for k, p in own.items():
             if k in state:
-                value = backend.to_device(backend.to_numpy(state[k]) if p.device == "cpu"
-                                          else state[k], p.device)
-                p.data = value.astype(p.dtype, copy=True)
+                device = backend.device_of(p.data if isinstance(p, Tensor) else p)
+                value = backend.to_device(backend.to_numpy(state[k]) if device == "cpu"
+                                          else state[k], device)
+                value = value.astype(p.dtype, copy=True)
+                if k in buffers:
+                    m, name = buffers[k]
+                    setattr(m, name, value)
+                else:
+                    p.data = value
 
     def __repr__(self):
         lines = [f"{type(self).__name__}("]

@@ -276,7 +276,12 @@ class Conv2dFunction(Function):
 
 
 def conv2d(x, w, b=None, stride: int = 1, pad: int = 0, relu: bool = False,
-           impl: str | None = None) -> Tensor:
-    """Convolve ``x`` (N, C, H, W) with ``w`` (O, C, kh, kw), add ``b`` (O,), optionally ReLU."""
-    f = Conv2dFunction(stride, pad, relu, impl)
+           impl: str | None = None, groups: int = 1) -> Tensor:
+    """Convolve ``x`` (N, C, H, W) with ``w`` (O, C/groups, kh, kw), add ``b`` (O,), optionally
+    ReLU. ``groups > 1``: see :mod:`layers.grouped_conv`."""
+    if groups == 1:
+        f = Conv2dFunction(stride, pad, relu, impl)
+    else:
+        from .grouped_conv import GroupedConv2dFunction
+        f = GroupedConv2dFunction(groups, stride, pad, relu, impl)
     return f(x, w) if b is None else f(x, w, b)

@@ -22,28 +22,36 @@ def _init_rng():
 class Conv2d(Module):
     """Convolution with a weight (out, in, k, k) and bias (out,); ``relu=True`` fuses a ReLU.
 
-    Weights use Caffe's xavier filler; the bias starts at ``bias_fill`` and
+    ``groups=g`` splits the channels into g independent convolutions (weight
+    (out, in/g, k, k)). Weights use Caffe's xavier filler; the bias starts at ``bias_fill`` and
     trains at ``bias_lr_mult`` x the learning rate with ``bias_decay_mult`` x decay.
     """
 
     def __init__(self, in_channels: int, out_channels: int, ksize: int, stride: int = 1,
                  pad: int = 0, bias: bool = True, relu: bool = False, bias_fill: float = 0.0,
-                 bias_lr_mult: float = 1.0, bias_decay_mult: float = 1.0, dtype="float32"):
+                 bias_lr_mult: float = 1.0, bias_decay_mult: float = 1.0, dtype="float32",
+                 groups: int = 1):
         super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels {in_channels} "
+                             f"and out_channels {out_channels}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.ksize, self.stride, self.pad, self.relu = ksize, stride, pad, relu
-        shape = (out_channels, in_channels, ksize, ksize)
+        self.groups = groups
+        shape = (out_channels, in_channels // groups, ksize, ksize)
         self.weight = Parameter(caffe.xavier_uniform(shape, _init_rng(), dtype))
         self.bias = (Parameter(np.full(out_channels, bias_fill, dtype=dtype),
                                lr_mult=bias_lr_mult, decay_mult=bias_decay_mult)
                      if bias else None)
 
     def forward(self, x):
-        return conv2d(x, self.weight, self.bias, self.stride, self.pad, relu=self.relu)
+        return conv2d(x, self.weight, self.bias, self.stride, self.pad, relu=self.relu,
+                      groups=self.groups)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, k={self.ksize}, s={self.stride}, "
-                f"p={self.pad}{', relu' if self.relu else ''}")
+                f"p={self.pad}{', relu' if self.relu else ''}"
+                f"{f', groups={self.groups}' if self.groups > 1 else ''}")
 
 
 class Linear(Module):
