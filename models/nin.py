@@ -1,0 +1,80 @@
+"""Network in Network (Lin, Chen and Yan 2014), the CIFAR-10 model: three "mlpconv" layers,
+each a convolution followed by two 1x1 convolutions (the paper's cross-channel parametric
+pooling, "cccp"), and global average pooling instead of fully connected layers.
+
+Input (N, 3, 32, 32). Every convolution but cccp6 is followed by a ReLU.
+
+    layer  operation                            output     params     multiply-adds
+    conv1  5x5 pad 2, 192                       192x32x32   14,592       14,745,600
+    cccp1  1x1, 160                             160x32x32   30,880       31,457,280
+    cccp2  1x1, 96                              96x32x32    15,456       15,728,640
+    pool1  max 3x3/2, dropout 0.5               96x16x16
+    conv2  5x5 pad 2, 192                       192x16x16  460,992      117,964,800
+    cccp3  1x1, 192                             192x16x16   37,056        9,437,184
+    cccp4  1x1, 192                             192x16x16   37,056        9,437,184
+    pool2  average 3x3/2, dropout 0.5           192x8x8
+    conv3  3x3 pad 1, 192                       192x8x8    331,968       21,233,664
+    cccp5  1x1, 192                             192x8x8     37,056        2,359,296
+    cccp6  1x1, 10 (one map per class)          10x8x8       1,930          122,880
+    pool3  global average (8x8)                 10
+    total                                                  966,986      222,486,528
+
+These are the widths of the authors' CIFAR-10 release (conv 192 / cccp 160, 96; then
+192s; about 0.97 M parameters); pooled sizes round up as in Caffe. cccp6's maps are the
+class confidence maps: it has no ReLU, so that the averaged logits may be negative.
+Weights use the msra filler (He et al. 2015), biases 0. The ImageNet NiN is not built here.
+Other input sizes from 16 up work unchanged (global average pooling adapts).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import layers as L
+from engine import Module
+from engine.backend import manual_seed, random_generator
+from layers import caffe
+
+INPUT_SIZE, MIN_INPUT = 32, 16
+
+# Three mlpconv layers: (conv out, kernel, pad, 1x1 widths), then the pool after each.
+MLPCONV = (
+    ("conv1", 192, 5, 2, (("cccp1", 160), ("cccp2", 96))),
+    ("conv2", 192, 5, 2, (("cccp3", 192), ("cccp4", 192))),
+    ("conv3", 192, 3, 1, (("cccp5", 192), ("cccp6", None))),   # None: num_classes
+)
+
+
+class NiN(Module):
+    """``NiN(num_classes=10, dropout=0.5, dtype="float32", seed=None)``; ``forward(x)`` with x
+    (N, 3, S, S), S >= 16 (32 for CIFAR-10), returns the logits (N, num_classes)."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5, dtype="float32",
+                 seed: int | None = None):
+        super().__init__()
+        if seed is not None:
+            manual_seed(seed)
+        self.num_classes, self.dtype = num_classes, np.dtype(dtype)
+        rng = random_generator(np)
+        cin = 3
+        for i, (name, cout, k, pad, cccps) in enumerate(MLPCONV, start=1):
+            layers = [(name, cout, k, pad)] + [(n, w or num_classes, 1, 0) for n, w in cccps]
+            for lname, width, ks, p in layers:
+                conv = L.Conv2d(cin, width, ks, pad=p, relu=lname != "cccp6", dtype=dtype)
+                conv.weight.data = caffe.msra_gaussian(conv.weight.shape, rng, dtype)
+                setattr(self, lname, conv)
+                cin = width
+            if i == 1:
+                self.pool1, self.drop1 = L.MaxPool2d(3, 2), L.Dropout(dropout)
+            elif i == 2:
+                self.pool2, self.drop2 = L.AvgPool2d(3, 2), L.Dropout(dropout)
+        self.pool3 = L.GlobalAvgPool2d()
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3] or x.shape[2] < MIN_INPUT:
+            raise ValueError(f"NiN: expected input (N, 3, S, S) with S >= {MIN_INPUT}, got "
+                             f"{tuple(x.shape)}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"NiN: input dtype {x.dtype} != model dtype {self.dtype}")
+        for module in self._modules.values():
+            x = module(x)
+        return x

@@ -1,0 +1,118 @@
+"""ResNet-34 and ResNet-18 (He, Zhang, Ren and Sun 2016, "Deep residual learning for image
+recognition", Table 1), with batch norm after every convolution and option-B shortcuts:
+identity where the shape is kept, a 1x1 stride-2 projection (plus batch norm) where a
+stage halves the map and widens the channels.
+
+Input (N, 3, 224, 224). A basic block is conv 3x3 - BN - ReLU - conv 3x3 - BN, added to
+its shortcut, then ReLU. Convolutions have no bias (batch norm's beta is the bias).
+
+    stage    operation                           output      ResNet-34 blocks (18)
+    conv1    7x7/2 pad 3, 64; BN; ReLU           64x112x112
+    pool1    max 3x3/2 pad 1                     64x56x56
+    layer1   basic blocks, 64                    64x56x56     3 (2)
+    layer2   basic blocks, 128, first stride 2   128x28x28    4 (2)
+    layer3   basic blocks, 256, first stride 2   256x14x14    6 (2)
+    layer4   basic blocks, 512, first stride 2   512x7x7      3 (2)
+    pool     global average                      512
+    fc       512 -> 1000                         1000
+
+    ResNet-34: 21,797,672 parameters (21.8 M), 3,663 M multiply-adds at 224x224 (3.6 G in
+               the paper, which counts convolutions and fc only, as here)
+    ResNet-18: 11,689,512 parameters (11.7 M), 1,814 M multiply-adds (1.8 G in the paper)
+
+Batch norm keeps PyTorch's conventions (momentum 0.1, eps 1e-5, the unbiased batch
+variance in the running variance; see ``layers.batchnorm``). Convolution weights use the
+msra filler (He et al. 2015, N(0, 2 / fan-in)); batch norm starts at gamma 1, beta 0; the
+classifier uses the xavier filler and a zero bias. Max pooling rounds down here
+(112 -> 56 with pad 1), as the paper's 56x56 requires. Any square input from 32 up works;
+the global average pooling adapts.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import layers as L
+from engine import Module, Sequential
+from engine.backend import manual_seed, random_generator
+from layers import caffe
+
+INPUT_SIZE, MIN_INPUT = 224, 32
+BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+WIDTHS = (64, 128, 256, 512)
+
+
+def conv_bn(cin, cout, k, stride, dtype):
+    """A bias-free convolution (pad k // 2) and the batch norm that follows it."""
+    return (L.Conv2d(cin, cout, k, stride, k // 2, bias=False, dtype=dtype),
+            L.BatchNorm2d(cout, dtype=dtype))
+
+
+class BasicBlock(Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), shortcut = x or a projection
+    bn(conv 1x1/stride(x)) when ``stride > 1`` or the width changes (option B)."""
+
+    def __init__(self, cin, cout, stride=1, dtype="float32"):
+        super().__init__()
+        self.conv1, self.bn1 = conv_bn(cin, cout, 3, stride, dtype)
+        self.conv2, self.bn2 = conv_bn(cout, cout, 3, 1, dtype)
+        self.projection = stride != 1 or cin != cout
+        if self.projection:
+            self.shortcut_conv, self.shortcut_bn = conv_bn(cin, cout, 1, stride, dtype)
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(L.relu(self.bn1(self.conv1(x)))))
+        shortcut = self.shortcut_bn(self.shortcut_conv(x)) if self.projection else x
+        return L.add_relu(out, shortcut)
+
+
+class ResNet(Module):
+    """``ResNet(depth=34, num_classes=1000, dtype="float32", seed=None)``, depth 18 or 34;
+    ``forward(x)`` with x (N, 3, S, S), S >= 32, returns the logits (N, num_classes)."""
+
+    depth = 34
+
+    def __init__(self, num_classes: int = 1000, dtype="float32", seed: int | None = None,
+                 depth: int | None = None):
+        super().__init__()
+        depth = self.depth if depth is None else depth
+        if depth not in BLOCKS:
+            raise ValueError(f"ResNet: depth must be one of {sorted(BLOCKS)}, got {depth}")
+        if seed is not None:
+            manual_seed(seed)
+        self.depth, self.num_classes, self.dtype = depth, num_classes, np.dtype(dtype)
+        self.conv1, self.bn1 = conv_bn(3, 64, 7, 2, dtype)
+        self.pool1 = L.MaxPool2d(3, 2, 1, ceil_mode=False)
+        cin = 64
+        for stage, (count, width) in enumerate(zip(BLOCKS[depth], WIDTHS), start=1):
+            blocks = [BasicBlock(cin if i == 0 else width, width,
+                                 2 if i == 0 and stage > 1 else 1, dtype) for i in range(count)]
+            setattr(self, f"layer{stage}", Sequential(*blocks))
+            cin = width
+        self.pool = L.GlobalAvgPool2d()
+        self.fc = L.Linear(512, num_classes, dtype=dtype)
+        rng = random_generator(np)
+        for name, p in self.named_parameters():
+            if p.ndim == 4:
+                p.data = caffe.msra_gaussian(p.shape, rng, dtype)
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3] or x.shape[2] < MIN_INPUT:
+            raise ValueError(f"ResNet-{self.depth}: expected input (N, 3, S, S) with "
+                             f"S >= {MIN_INPUT}, got {tuple(x.shape)}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"ResNet-{self.depth}: input dtype {x.dtype} != model dtype "
+                            f"{self.dtype}")
+        x = self.pool1(L.relu(self.bn1(self.conv1(x))))
+        for stage in range(1, 5):
+            x = getattr(self, f"layer{stage}")(x)
+        return self.fc(self.pool(x))
+
+
+class ResNet34(ResNet):
+    """ResNet-34: blocks (3, 4, 6, 3)."""
+    depth = 34
+
+
+class ResNet18(ResNet):
+    """ResNet-18: blocks (2, 2, 2, 2), the same code."""
+    depth = 18
