@@ -403,9 +403,18 @@ def make_shapes(cfg) -> str:
                                       image_size=cfg.builtin_size, seed=0)
 
 
+def make_digits(cfg) -> str:
+    """scikit-learn's scanned digits as 32x32 grayscale images (``data/digits.py``), with a
+    held-out test/ split beside train/ and val/."""
+    from .digits import VERSION, make_digits_imagefolder
+    name = f"digits-v{VERSION}"
+    root = os.path.join(cfg.builtin_dir, name) if cfg.builtin_dir else cache_dir(name)
+    return make_digits_imagefolder(root)
+
+
 # Built-in datasets by name (``NetworkSpec.builtin_data``): each takes a TrainConfig and
 # returns the root of an ImageFolder with train/ and val/ splits, generating it once.
-BUILTIN_DATASETS = {"shapes": make_shapes}
+BUILTIN_DATASETS = {"shapes": make_shapes, "digits": make_digits}
 
 
 def make_builtin(name: str, cfg) -> str:

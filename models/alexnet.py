@@ -36,6 +36,7 @@ import layers as L
 from engine import Module
 from engine.backend import manual_seed, random_generator
 from layers import caffe
+from models.spec import NetworkSpec
 
 INPUT_SIZE, MIN_INPUT = 227, 67
 
@@ -111,3 +112,36 @@ class AlexNet(Module):
         x = self.drop6(L.relu(self.fc6(x)))
         x = self.drop7(L.relu(self.fc7(x)))
         return self.fc8(x)
+
+
+def build(num_classes: int, *, aux_logits: bool = False, dtype="float32", seed=None,
+          init: str = "gaussian", image_size: int | None = None) -> AlexNet:
+    """The network for the trainer, its fc6 sized for ``image_size`` (227 by default)."""
+    return AlexNet(num_classes=num_classes, dtype=dtype, seed=seed,
+                   image_size=image_size or INPUT_SIZE)
+
+
+# bvlc_alexnet's solver for --data runs: batch 256, lr 0.01 divided by 10 every 100,000
+# iterations (about 20 epochs of ImageNet), 450,000 iterations (about 90 epochs), momentum 0.9,
+# weight decay 5e-4; the paper's augmentation was random 224 crops (227 in Caffe) and flips.
+RECIPE = {"epochs": 90, "batch_size": 256, "lr": 0.01, "warmup_epochs": 0.0, "lr_step_size": 20,
+          "lr_gamma": 0.1, "momentum": 0.9, "wd": 5e-4, "init": "gaussian", "aux_weight": 0.0,
+          "ema_decay": 0.0, "image_size": INPUT_SIZE, "crop_scale": 0.08}
+
+# Without --data: the built-in shapes at the smallest input AlexNet takes (67x67: pool5 is
+# then 1x1 and fc6 has 256 inputs), sized for a CPU.
+BUILTIN = {"epochs": 15, "batch_size": 32, "lr": 0.01, "lr_step_size": 10, "image_size": MIN_INPUT,
+           "crop_scale": 0.5}
+
+SPEC = NetworkSpec(
+    name="alexnet", title="AlexNet (bvlc_alexnet)", build=build, in_channels=3,
+    min_image_size=MIN_INPUT, max_image_size=512, inits=("gaussian",), recipe=RECIPE,
+    builtin=BUILTIN, builtin_data="shapes",
+    published={"params": 60_965_224, "macs": 724_406_816,
+               "note": "Caffe's bvlc_alexnet: 60,965,224 parameters at 227x227 and 1000 classes "
+                       "(about 0.72 G multiply-adds); Krizhevsky et al. 2012 speak of 60 million"})
+
+
+if __name__ == "__main__":
+    from trainer.cli import main
+    raise SystemExit(main(SPEC))

@@ -200,7 +200,8 @@ def training_loss(outputs, labels, aux_weight: float = AUX_LOSS_WEIGHT):
 
 
 def build(num_classes: int, *, aux_logits: bool = True, dtype="float32", seed=None,
-          init: str = "xavier") -> GoogLeNet:
+          init: str = "xavier", image_size: int | None = None) -> GoogLeNet:
+    """The network for the trainer; GoogLeNet adapts to any ``image_size`` by itself."""
     return GoogLeNet(num_classes=num_classes, aux_logits=aux_logits, dtype=dtype, seed=seed,
                      init=init)
 

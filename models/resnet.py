@@ -35,6 +35,7 @@ import layers as L
 from engine import Module, Sequential
 from engine.backend import manual_seed, random_generator
 from layers import caffe
+from models.spec import NetworkSpec
 
 INPUT_SIZE, MIN_INPUT = 224, 32
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -116,3 +117,40 @@ class ResNet34(ResNet):
 class ResNet18(ResNet):
     """ResNet-18: blocks (2, 2, 2, 2), the same code."""
     depth = 18
+
+
+def build(num_classes: int, *, aux_logits: bool = False, dtype="float32", seed=None,
+          init: str = "msra", image_size: int | None = None, depth: int = 34) -> ResNet:
+    """The network for the trainer (any input side from 32 up)."""
+    return ResNet(num_classes=num_classes, dtype=dtype, seed=seed, depth=depth)
+
+
+# The paper's recipe (section 3.4) for --data runs: batch 256, lr 0.1 divided by 10 when the
+# error plateaus (every 30 epochs here, as the usual reproduction does), weight decay 1e-4,
+# momentum 0.9, scale augmentation, no dropout; batch norm instead of weight averaging.
+RECIPE = {"epochs": 90, "batch_size": 256, "lr": 0.1, "warmup_epochs": 0.0, "lr_step_size": 30,
+          "lr_gamma": 0.1, "momentum": 0.9, "wd": 1e-4, "init": "msra", "aux_weight": 0.0,
+          "ema_decay": 0.0, "image_size": INPUT_SIZE, "crop_scale": 0.08}
+
+# Without --data: the built-in shapes at 64x64, sized for a CPU.
+BUILTIN = {"epochs": 10, "batch_size": 16, "lr": 0.02, "lr_step_size": 7, "image_size": 64,
+           "crop_scale": 0.5}
+
+PUBLISHED = {
+    34: {"params": 21_797_672, "macs": 3_663_761_408,
+         "note": "He et al. 2016, Table 1: 3.6 G multiply-adds; 21.8 M parameters with option-B "
+                 "shortcuts"},
+    18: {"params": 11_689_512, "macs": 1_814_073_344,
+         "note": "He et al. 2016, Table 1: 1.8 G multiply-adds; 11.7 M parameters"},
+}
+
+
+def make_spec(depth: int) -> NetworkSpec:
+    from functools import partial
+    return NetworkSpec(
+        name=f"resnet{depth}", title=f"ResNet-{depth}", build=partial(build, depth=depth),
+        in_channels=3, min_image_size=MIN_INPUT, max_image_size=512, inits=("msra",),
+        recipe=RECIPE, builtin=BUILTIN, builtin_data="shapes", published=PUBLISHED[depth])
+
+
+SPEC = make_spec(34)

@@ -40,7 +40,8 @@ def classification_loss(outputs, labels, aux_weight: float = 0.0):
 class NetworkSpec:
     """A network as the training application sees it.
 
-    build: ``build(num_classes, *, aux_logits, dtype, seed, init) -> Module``; ``forward(x)``
+    build: ``build(num_classes, *, aux_logits, dtype, seed, init, image_size) -> Module``
+        (``image_size``: the input side it will see); ``forward(x)``
         takes (N, in_channels, S, S) and returns logits (N, classes), or in training mode with
         auxiliary heads ``(logits, aux1, ...)``.
     name: the module name, as in ``python -m models.<name>``; also stored in checkpoints.
@@ -53,7 +54,8 @@ class NetworkSpec:
         field names.
     builtin: overrides of ``recipe`` for the built-in data run.
     builtin_data: which built-in dataset that run uses ("shapes" or "digits").
-    published: the paper's counts for ``summary``: {"params": ..., "macs": ..., "note": ...}.
+    published: the paper's counts for ``summary``: {"params": ..., "macs": ..., "note": ...,
+        "num_classes": the classes they are counted for (default 1000)}.
     """
     name: str
     title: str

@@ -246,7 +246,8 @@ def build_model(meta_model: dict, path: str = "checkpoint"):
         spec = get_spec(meta_model.get("network", "googlenet"))
         model = spec.build(int(meta_model["num_classes"]), aux_logits=bool(meta_model["aux_logits"]),
                            dtype=meta_model["dtype"], seed=None,
-                           init=meta_model.get("init") or spec.inits[0])
+                           init=meta_model.get("init") or spec.inits[0],
+                           image_size=int(meta_model.get("image_size", 224)))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: its model description is malformed or unknown "
                               f"({type(exc).__name__}: {exc})") from None
@@ -298,4 +299,9 @@ def read_model_file(path: str, prefer_average: bool = True):
         raise CheckpointError(f"{path} holds no model weights")
     if meta.get("kind") == WEIGHTS_KIND:
         which = meta.get("weights", "model")
-    return groups["ema" if which == "ema" and "ema" in groups else "model"], meta, which
+    weights = groups["ema" if which == "ema" and "ema" in groups else "model"]
+    if weights is groups.get("ema") and "model" in groups:
+        # The averages cover the parameters; the buffers (batch norm's running statistics)
+        # come from the model's own state.
+        weights = {**{k: v for k, v in groups["model"].items() if k not in weights}, **weights}
+    return weights, meta, which

@@ -41,7 +41,8 @@ def _add_train_flags(p, spec) -> None:
         meta = f.metadata
         if meta.get("group") == "hidden":
             continue
-        if f.name.startswith("builtin_classes") and spec.builtin_data != "shapes":
+        if (f.name in ("builtin_classes", "builtin_train", "builtin_val", "builtin_size")
+                and spec.builtin_data != "shapes"):     # only the generated shapes have these
             continue
         group = groups.get(meta["group"])
         if group is None:
@@ -104,6 +105,9 @@ def build_parser(spec) -> argparse.ArgumentParser:
                    help="the breakdown over 1..M models x 1, 10 and 144 crops, with top-1 and "
                         "top-5 error and the relative cost (models x crops)")
     e.add_argument("--data", help="ImageFolder root (default: the data the checkpoint trained on)")
+    e.add_argument("--split", default="val",
+                   help="the folder under the data root to test on, e.g. 'test' for a held-out "
+                        "split (default: val)")
     e.add_argument("--crops", type=int, default=1, choices=[1, 10, 144],
                    help="1: centre crop; 10: corners+centre, mirrored; 144: the paper's scheme "
                         "(default: 1)")
@@ -168,7 +172,9 @@ def build_parser(spec) -> argparse.ArgumentParser:
                        help="layer table: output shapes, parameters, multiply-adds")
     s.add_argument("--image-size", type=int, default=spec.recipe.get("image_size", 224),
                    help=f"input side (default: {spec.recipe.get('image_size', 224)})")
-    s.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default: 1000)")
+    classes = spec.published.get("num_classes", 1000)
+    s.add_argument("--num-classes", type=int, default=classes,
+                   help=f"classifier outputs (default: {classes})")
     if spec.aux_heads:
         s.add_argument("--no-aux", action="store_true", help="leave out the auxiliary heads")
     return parser

@@ -134,7 +134,10 @@ def _eval_split(args, members, classes):
             from data.builtin import make_builtin
             from trainer.config import TrainConfig
             data = make_builtin(spec.builtin_data, TrainConfig.from_dict(saved))
-    split_root = os.path.join(data, "val") if os.path.isdir(os.path.join(data, "val")) else data
+    split = getattr(args, "split", "val")
+    split_root = os.path.join(data, split) if os.path.isdir(os.path.join(data, split)) else data
+    if split != "val" and split_root == data:
+        raise UsageError(f"--split {split}: {data} has no {split} folder")
     dataset = ImageFolder(split_root, classes=None, mode="L" if spec.in_channels == 1 else "RGB")
     if list(dataset.classes) != list(classes):
         raise UsageError(f"{split_root}: its classes {dataset.classes[:5]}... differ from the "

@@ -199,7 +199,8 @@ class RunState:
 
 
 def _save(path, model, opt, ema, state, cfg, spec, classes) -> None:
-    groups = {"model": {n: backend.to_numpy(p.data) for n, p in model.named_parameters()},
+    # state_dict: the parameters and the buffers (batch norm's running statistics).
+    groups = {"model": {n: backend.to_numpy(a) for n, a in model.state_dict().items()},
               "optim": opt.state_dict()["velocity"]}
     if ema is not None:
         groups["ema"] = {n: backend.to_numpy(a) for n, a in ema.shadow.items()}
@@ -261,7 +262,7 @@ def train(config: TrainConfig, spec=None) -> dict:
     classes = list(train_set.classes)
     aux = spec.aux_heads > 0 and cfg.aux_weight > 0
     model = spec.build(len(classes), aux_logits=aux, dtype=cfg.dtype, seed=cfg.seed,
-                       init=cfg.init).to(device)
+                       init=cfg.init, image_size=cfg.image_size).to(device)
     if cfg.weights and not cfg.resume:
         from trainer.finetune import load_initial_weights
         load_initial_weights(model, cfg.weights, classes, spec, cfg.image_size)

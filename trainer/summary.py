@@ -13,7 +13,7 @@ def summarize(spec, image_size: int, num_classes: int = 1000, aux_logits: bool =
     """Rows {top-level module: {shape, params, macs}} and totals, with and without the
     auxiliary heads (modules whose name starts with 'aux')."""
     model = spec.build(num_classes, aux_logits=aux_logits and spec.aux_heads > 0,
-                       dtype="float32", seed=0, init=spec.inits[0])
+                       dtype="float32", seed=0, init=spec.inits[0], image_size=image_size)
     model.train()  # auxiliary heads run in training mode only
     x = np.zeros((1, spec.in_channels, image_size, image_size), model.dtype)
     with no_grad(), Profiler(model) as prof:
@@ -38,17 +38,17 @@ def summarize(spec, image_size: int, num_classes: int = 1000, aux_logits: bool =
 
 def format_summary(spec, rows, totals, image_size: int) -> str:
     lines = [f"{spec.title}, one {spec.in_channels}x{image_size}x{image_size} image",
-             f"{'layer':<16}{'output':>18}{'params':>12}{'MACs':>12}"]
+             f"{'layer':<16}{'output':>18}{'params':>12}{'MACs':>16}"]
     for name, v in rows.items():
         shape = "x".join(str(s) for s in v["shape"]) if v["shape"] else "-"
-        lines.append(f"{name:<16}{shape:>18}{v['params']:>12,}{v['macs'] / 1e6:>11.1f}M")
-    lines.append("-" * 58)
+        lines.append(f"{name:<16}{shape:>18}{v['params']:>12,}{v['macs']:>16,}")
+    lines.append("-" * 62)
     aux = totals["params_with_aux"] != totals["params"]
     lines.append(f"{'total' + (' (main path)' if aux else ''):<34}{totals['params']:>12,}"
-                 f"{totals['macs'] / 1e9:>11.3f}G")
+                 f"{totals['macs'] / 1e9:>11.3f}G ({totals['macs']:,})")
     if aux:
         lines.append(f"{'total with aux heads':<34}{totals['params_with_aux']:>12,}"
-                     f"{totals['macs_with_aux'] / 1e9:>11.3f}G")
+                     f"{totals['macs_with_aux'] / 1e9:>11.3f}G ({totals['macs_with_aux']:,})")
     if spec.published.get("note"):
         lines.append(f"published: {spec.published['note']}")
     return "\n".join(lines)
