@@ -30,6 +30,7 @@ PICTURES = {
     "step07_training.py": ["step07_curves.png", "step07_conv1_filters.png",
                            "step07_feature_maps.png"],
     "step08_profile_and_kernels.py": ["step08_roofline.png"],
+    "step09_lineage.py": ["step09_lineage.png"],
 }
 DOT_PICTURES = {
     "step01_autograd.py": ["step01_graph_dot.png"],
@@ -62,7 +63,7 @@ def run_step(args, out_dir: Path, timeout: float) -> subprocess.CompletedProcess
 
 # ------------------------------------------------------------------------------ the steps
 def test_the_walkthrough_has_numbered_steps_and_a_readme_listing_them():
-    assert len(STEPS) >= 8, STEPS
+    assert len(STEPS) >= 9, STEPS
     assert [p.name[:6] for p in STEPS] == [f"step{i:02d}" for i in range(1, len(STEPS) + 1)], STEPS
     readme = (WALKTHROUGH / "README.md").read_text(encoding="utf-8")
     for step in STEPS:
