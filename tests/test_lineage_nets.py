@@ -154,10 +154,12 @@ def _compare(model, torch_forward, x, labels, training=True, seed=0):
     return pairs
 
 
-def test_lenet5_matches_pytorch():
+@pytest.mark.parametrize("c3", ["loop", "masked"])
+def test_lenet5_matches_pytorch(c3):
     from torch_lineage import lenet5
     x = np.random.default_rng(1).standard_normal((3, 1, 32, 32))
-    _compare(LeNet5(num_classes=10, dtype="float64", seed=2), lenet5, x, np.array([3, 7, 0]))
+    _compare(LeNet5(num_classes=10, dtype="float64", seed=2), lambda P, x: lenet5(P, x, c3), x,
+             np.array([3, 7, 0]))
 
 
 def test_alexnet_matches_pytorch():

@@ -14,7 +14,9 @@ LENET_C3 = [
 ]
 
 
-def lenet5(P, x):
+def lenet5(P, x, c3="loop"):
+    """``c3="loop"``: C3 as one small convolution per map, read straight off Table I;
+    ``c3="masked"``: one dense convolution whose weight is zero off the table (fast)."""
     def squash(a):
         return 1.7159 * torch.tanh(a * (2.0 / 3.0))
 
@@ -23,13 +25,22 @@ def lenet5(P, x):
         return s * P[name + ".coef"].view(1, -1, 1, 1) + P[name + ".bias"].view(1, -1, 1, 1)
 
     h = squash(sub("s2", squash(F.conv2d(x, P["c1.weight"], P["c1.bias"]))))
-    maps, k = [], 0
-    for o, inputs in enumerate(LENET_C3):
-        inputs = sorted(inputs)        # kernels are stored by map, then by input index
-        w = P["c3.weight"][k:k + len(inputs)].unsqueeze(0)
-        maps.append(F.conv2d(h[:, inputs], w) + P["c3.bias"][o])
-        k += len(inputs)
-    h = squash(sub("s4", squash(torch.cat(maps, 1))))
+    if c3 == "loop":
+        maps, k = [], 0
+        for o, inputs in enumerate(LENET_C3):
+            inputs = sorted(inputs)        # kernels are stored by map, then by input index
+            w = P["c3.weight"][k:k + len(inputs)].unsqueeze(0)
+            maps.append(F.conv2d(h[:, inputs], w) + P["c3.bias"][o])
+            k += len(inputs)
+        h = torch.cat(maps, 1)
+    else:
+        rows = [o for o, inputs in enumerate(LENET_C3) for _ in inputs]
+        cols = [c for inputs in LENET_C3 for c in sorted(inputs)]
+        dense = P["c3.weight"].new_zeros((16, 6, 5, 5)).index_put((torch.tensor(rows),
+                                                                   torch.tensor(cols)),
+                                                                  P["c3.weight"])
+        h = F.conv2d(h, dense, P["c3.bias"])
+    h = squash(sub("s4", squash(h)))
     h = squash(F.conv2d(h, P["c5.weight"], P["c5.bias"])).flatten(1)
     h = squash(F.linear(h, P["f6.weight"], P["f6.bias"]))
     return F.linear(h, P["output.weight"], P["output.bias"])
