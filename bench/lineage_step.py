@@ -142,11 +142,11 @@ def run(args) -> dict:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'network':<10}{'batch':>6}{'ours s/step':>22}{'PyTorch s/step':>22}{'ratio':>8}"]
+    lines = [f"{'network':<10}{'batch':>6}{'ours s/step':>26}{'PyTorch s/step':>26}{'ratio':>8}"]
     for name, r in report["nets"].items():
         cell = {w: f"{r[w]['median_s']:.3f} ({r[w]['min_s']:.3f}-{r[w]['max_s']:.3f})"
                 for w in ("ours", "torch")}
-        lines.append(f"{name:<10}{r['batch']:>6}{cell['ours']:>22}{cell['torch']:>22}"
+        lines.append(f"{name:<10}{r['batch']:>6}{cell['ours']:>26}{cell['torch']:>26}"
                      f"{r['ratio']:>7.2f}x")
     lines.append(f"medians (min-max) over {report['nets'][next(iter(report['nets']))]['ours']['steps']}"
                  f" steps each; ratio = PyTorch time / ours (above 1: ours faster); PyTorch "
