@@ -22,7 +22,8 @@ Input (N, 3, 32, 32). Every convolution but cccp6 is followed by a ReLU.
 These are the widths of the authors' CIFAR-10 release (conv 192 / cccp 160, 96; then
 192s; about 0.97 M parameters); pooled sizes round up as in Caffe. cccp6's maps are the
 class confidence maps: it has no ReLU, so that the averaged logits may be negative.
-Weights use the msra filler (He et al. 2015), biases 0. The ImageNet NiN is not built here.
+Weights use the msra filler (He et al. 2015), cccp6's scaled by 0.01 so that the first
+loss is about ln(classes); biases 0. The ImageNet NiN is not built here.
 Other input sizes from 16 up work unchanged (global average pooling adapts).
 """
 from __future__ import annotations
@@ -62,6 +63,8 @@ class NiN(Module):
             for lname, width, ks, p in layers:
                 conv = L.Conv2d(cin, width, ks, pad=p, relu=lname != "cccp6", dtype=dtype)
                 conv.weight.data = caffe.msra_gaussian(conv.weight.shape, rng, dtype)
+                if lname == "cccp6":     # the class maps start near 0: a first loss of ln(K)
+                    conv.weight.data *= 0.01
                 setattr(self, lname, conv)
                 cin = width
             if i == 1:
@@ -96,7 +99,7 @@ RECIPE = {"epochs": 120, "batch_size": 128, "lr": 0.05, "warmup_epochs": 1.0, "l
 
 # Without --data: the built-in shapes at 32x32 (60 training images a class), sized for a CPU:
 # about half a minute an epoch on two cores.
-BUILTIN = {"epochs": 8, "batch_size": 32, "lr": 0.02, "lr_step_size": 6, "image_size": INPUT_SIZE,
+BUILTIN = {"epochs": 8, "batch_size": 16, "lr": 0.02, "lr_step_size": 6, "image_size": INPUT_SIZE,
            "crop_scale": 0.5, "builtin_size": 40, "builtin_train": 60}
 
 SPEC = NetworkSpec(
