@@ -97,8 +97,7 @@ RECIPE = {"epochs": 120, "batch_size": 128, "lr": 0.05, "warmup_epochs": 1.0, "l
           "lr_gamma": 0.1, "momentum": 0.9, "wd": 1e-4, "init": "msra", "aux_weight": 0.0,
           "ema_decay": 0.0, "image_size": INPUT_SIZE, "crop_scale": 0.5}
 
-# Without --data: the built-in shapes at 32x32 (60 training images a class), sized for a CPU:
-# about half a minute an epoch on two cores.
+# Without --data: the built-in shapes at 32x32 (60 training images a class), sized for a CPU.
 BUILTIN = {"epochs": 8, "batch_size": 16, "lr": 0.02, "lr_step_size": 6, "image_size": INPUT_SIZE,
            "crop_scale": 0.5, "builtin_size": 40, "builtin_train": 60}
 
