@@ -16,14 +16,17 @@ Running statistics follow PyTorch's convention: after each training forward,
 Caffe's BatchNorm layer instead accumulates sums with a 0.999 decay and a scale factor;
 the two agree in the limit.
 
-Backward, with ``g = gy * gamma`` and means over the m values of a channel::
+Backward, with sums over the m values of a channel::
 
     gbeta  = sum(gy),   ggamma = sum(gy * xhat)
-    training   gx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
-    eval       gx = g / sqrt(var + eps)             (mu and var are constants)
+    training   gx = gamma / sqrt(var + eps) * (gy - gbeta / m - xhat * ggamma / m)
+    eval       gx = gamma / sqrt(var + eps) * gy          (mu and var are constants)
 
-The training formula is the derivative through mu and var as well: both depend on
-every x of the channel. Forward keeps xhat (the size of x) and 1/sqrt(var + eps).
+The training formula is the derivative through mu and var as well, both of which depend
+on every x of the channel: with g = gy * gamma it is the usual
+(g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps), and mean(g) and mean(g * xhat)
+are gamma * gbeta / m and gamma * ggamma / m, sums backward needs anyway. Forward keeps
+xhat (the size of x) and 1/sqrt(var + eps).
 """
 from __future__ import annotations
 
@@ -79,7 +82,7 @@ class BatchNormFunction(Function):
         if self.training:
             mu = x.mean(axis=self.axes)
             xc = x - mu.reshape(bshape)
-            var = (xc * xc).mean(axis=self.axes)
+            var = xp.square(xc).mean(axis=self.axes)
             if self.running_mean is not None:
                 m = x.size // x.shape[1]
                 self.running_mean *= 1 - self.momentum
@@ -90,25 +93,30 @@ class BatchNormFunction(Function):
             xc = x - self.running_mean.reshape(bshape)
             var = self.running_var
         self.inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
-        self.xhat = xc * self.inv_std.reshape(bshape)
-        self.gamma, self.bshape = gamma, bshape
+        xc *= self.inv_std.reshape(bshape)             # xc is ours (x - mu): now xhat
+        self.xhat, self.gamma, self.bshape = xc, gamma, bshape
         self.running_mean = self.running_var = None   # backward does not need them
-        return self.xhat * gamma.reshape(bshape) + beta.reshape(bshape)
+        y = xc * gamma.reshape(bshape)
+        y += beta.reshape(bshape)
+        return y
 
     def backward(self, gy):
         axes, bshape, xhat = self.axes, self.bshape, self.xhat
-        gbeta = gy.sum(axis=axes) if self.needs_grad[2] else None
-        ggamma = (gy * xhat).sum(axis=axes) if self.needs_grad[1] else None
+        train_x = self.training and self.needs_grad[0]
+        gbeta = gy.sum(axis=axes) if self.needs_grad[2] or train_x else None
+        ggamma = (gy * xhat).sum(axis=axes) if self.needs_grad[1] or train_x else None
         gx = None
         if self.needs_grad[0]:
-            g = gy * self.gamma.reshape(bshape)
+            scale = (self.gamma * self.inv_std).reshape(bshape)
             if self.training:
-                m = g.size // g.shape[1]
-                mean_g = g.sum(axis=axes) / m
-                mean_gx = (g * xhat).sum(axis=axes) / m
-                g = g - mean_g.reshape(bshape) - xhat * mean_gx.reshape(bshape)
-            gx = g * self.inv_std.reshape(bshape)
-        return gx, ggamma, gbeta
+                m = gy.size // gy.shape[1]
+                gx = gy - (gbeta / m).reshape(bshape)
+                gx -= xhat * (ggamma / m).reshape(bshape)
+                gx *= scale
+            else:
+                gx = gy * scale
+        return (gx, ggamma if self.needs_grad[1] else None,
+                gbeta if self.needs_grad[2] else None)
 
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training: bool = True,
