@@ -125,6 +125,8 @@ def _randomise(model, rng):
             v = v + rng.uniform(-0.1, 0.1, v.shape)
         elif k.endswith("weight") and v.ndim == 1:                # batch norm's gamma
             v = rng.uniform(0.5, 1.5, v.shape)
+        elif k.endswith("weight") and not v.any():                # a zero-initialised layer
+            v = rng.standard_normal(v.shape) * 0.05
         state[k] = v
     model.load_state_dict(state)
 
@@ -149,6 +151,8 @@ def _compare(model, torch_forward, x, labels, training=True, seed=0):
     pairs += [(n, p.grad, P[n].grad.numpy()) for n, p in model.named_parameters()]
     pairs += [(n, np.asarray(b), P[n].numpy()) for n, b in model.named_buffers()]
     assert len(pairs) == 2 + len(model.state_dict())
+    for name, _, theirs in pairs[2:]:       # every gradient is exercised: none is all zero
+        assert np.any(theirs != 0) or "running" in name, f"{name}: an all-zero gradient"
     for name, ours, theirs in pairs:
         assert _rel(ours, theirs) < 1e-9, f"{name}: relative error {_rel(ours, theirs):.2e}"
     return pairs
