@@ -95,7 +95,9 @@ def test_input_checks():
 
 def test_outputs_and_batch_norm_state_follow_the_mode():
     m = ResNet18(num_classes=5, seed=1)
-    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    m.fc.weight.data = rng.standard_normal(m.fc.weight.shape).astype(np.float32)  # not zero
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
     before = m.bn1.running_mean.copy()
     m.train()
     assert m(x).shape == (2, 5)
@@ -103,6 +105,7 @@ def test_outputs_and_batch_norm_state_follow_the_mode():
     m.eval()
     after = m.bn1.running_mean.copy()
     y1, y2 = m(x[:1]).numpy(), m(x).numpy()[:1]
+    assert np.ptp(y1) > 1e-3
     np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)   # eval: per-image, batch-free
     np.testing.assert_array_equal(m.bn1.running_mean, after)
 
