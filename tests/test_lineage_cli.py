@@ -117,6 +117,14 @@ def test_resnet18_train_eval_predict_keep_the_running_statistics(tmp_path, capsy
     capsys.readouterr()
     assert run("resnet18", ["eval", "--checkpoint", os.path.join(out, "last.npz")]) == 0
     assert "top-1 error" in capsys.readouterr().out
+    weights = str(tmp_path / "weights.npz")                # a weights file keeps them too
+    assert run("resnet18", ["export", "--checkpoint", os.path.join(out, "last.npz"),
+                            "--format", "npz", weights]) == 0
+    exported, _ = ckpt.load_checkpoint(weights)
+    np.testing.assert_array_equal(
+        ckpt.unpack_namespaces(exported)["model"]["layer4.1.bn2.running_var"], var)
+    assert run("resnet18", ["eval", "--checkpoint", weights, "--data", data + "/" +
+                            os.listdir(data)[0]]) == 0
 
 
 def test_alexnet_is_built_for_its_training_size(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from engine import backend
 from trainer import checkpoint as ckpt
 from trainer.config import UsageError
 from trainer.logs import log
@@ -28,7 +29,8 @@ def export_weights(path: str, out: str, prefer_average: bool = True, aux: bool =
     from trainer.evaluate import load_model
     model, spec, classes, size, which, prep = load_model(path, "cpu", prefer_average)
     _, meta, _ = ckpt.read_model_file(path, prefer_average)
-    weights = {n: p.numpy() for n, p in model.named_parameters()
+    # state_dict: the parameters and the buffers (batch norm's running statistics).
+    weights = {n: backend.to_numpy(a) for n, a in model.state_dict().items()
                if aux or not n.startswith("aux")}
     description = dict(meta["model"])
     description["aux_logits"] = bool(description.get("aux_logits")) and aux

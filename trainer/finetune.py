@@ -61,6 +61,7 @@ def load_initial_weights(model, path: str, classes: list, spec, image_size: int)
     if network != spec.name:
         raise UsageError(f"--weights {path}: holds {network} weights, not {spec.name}'s")
     own = dict(model.named_parameters())
+    own.update(model.named_buffers())        # batch norm's running statistics come along
     same = list(meta["classes"]) == list(classes)
     heads = [] if same else output_layer_parameters(model, spec.in_channels, image_size)
     state, missing = {}, []
