@@ -183,18 +183,29 @@ class Distributed:
         sys.excepthook = hook
 
     def _share_cores(self) -> None:
-        """Processes on one machine share its cores: each one's CPU thread pool and BLAS get
-        its share, instead of every process starting one thread per core."""
-        if os.environ.get("GOOGLENET_CPU_THREADS") or os.environ.get("OMP_NUM_THREADS"):
-            return                       # the user chose
+        """Processes on one machine share its cores: each one's CPU thread pool gets its share
+        (unless GOOGLENET_CPU_THREADS says), and BLAS no more threads than the pool, instead
+        of every process starting one thread per core: threads that outnumber the cores wait
+        for each other at every barrier."""
         from kernels.cpu import parallel
-        threads = max(1, parallel.THREADS // self.comm.local_size)
-        parallel.THREADS = min(parallel.THREADS, threads)
-        try:
-            from threadpoolctl import threadpool_limits
-            threadpool_limits(parallel.THREADS)
-        except ImportError:
-            pass
+        if not os.environ.get("GOOGLENET_CPU_THREADS"):
+            parallel.THREADS = max(1, parallel.THREADS // self.comm.local_size)
+        if os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS"):
+            return                       # the user chose
+        limit_blas_threads(parallel.THREADS)
+
+def limit_blas_threads(threads: int) -> None:
+    """At most ``threads`` BLAS threads in this process (threadpoolctl, or OpenBLAS's own
+    call where threadpoolctl is not installed)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        from kernels.cpu import parallel
+        api = parallel._blas_api()
+        if api.set is not None:
+            api.set(threads)
+        return
+    threadpool_limits(threads)
 
 
 def fail_job(code: int) -> None:

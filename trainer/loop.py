@@ -80,6 +80,8 @@ def evaluate(model, loader, device: str, desc: str = "val", dist: Distributed | 
     was_training = model.training
     model.eval()
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    if dist is not None and dist.active:
+        desc += " (rank 0's shard)"          # the bar shows what this process sees
     bar = progress(loader, desc=desc, print_freq=max(1, len(loader)),
                    file=dist.output if dist else None)
     with no_grad():
