@@ -175,3 +175,55 @@ def test_resume_with_another_process_count_keeps_the_global_batch_or_says_how():
     with pytest.raises(UsageError, match=r"trained by 2 process\(es\) at batch 8 \(global "
                                          r"batch 16\); this launch has 4\. .*--batch-size 4"):
         dist.check_resumed_world(saved, 2, TrainConfig(), "last.npz")
+
+
+# ------------------------------------------------------------------ per-sample randomness, shards
+def test_per_sample_dropout_masks_do_not_depend_on_the_batch():
+    import layers as L
+    from engine import backend
+    x = np.ones((4, 50))
+    keys = [(0, 1, k) for k in (7, 3, 11, 5)]
+    with backend.per_sample_random(keys):
+        whole = L.dropout(x, 0.4).data
+        second = L.dropout(x, 0.4).data            # the block's second draw differs
+    halves = []
+    for part in (keys[:2], keys[2:]):
+        with backend.per_sample_random(part):
+            halves.append(L.dropout(x[:2], 0.4).data)
+    np.testing.assert_array_equal(whole, np.concatenate(halves))
+    # Row k is kept where default_rng([*key, draw number]) gives a number >= p.
+    expected = np.stack([np.random.default_rng([*k, 1]).random(50) >= 0.4 for k in keys])
+    np.testing.assert_array_equal(whole != 0, expected)
+    assert (whole != second).any()
+    with backend.per_sample_random(keys[:3]), pytest.raises(ValueError, match="one row per key"):
+        L.dropout(x, 0.4)
+
+
+class _Items:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return Image.new("L", (2, 2), int(i)), int(i)
+
+
+@pytest.mark.parametrize("n, drop_last", [(14, True), (14, False), (5, False), (7, False)])
+def test_shards_of_a_global_batch_are_the_batch_of_one_process(n, drop_last):
+    from data import DataLoader
+    whole = DataLoader(_Items(n), 6, shuffle=True, seed=3, drop_last=drop_last,
+                       return_indices=True)
+    shards = [DataLoader(_Items(n), 3, shuffle=True, seed=3, drop_last=drop_last,
+                         shard=(r, 2), return_indices=True) for r in range(2)]
+    for loader in (whole, *shards):
+        loader.set_epoch(2)
+    got = [list(s) for s in shards]
+    assert len(got[0]) == len(got[1]) == len(whole) == len(list(whole))
+    for (x, t, i), (x0, t0, i0), (x1, t1, i1) in zip(whole, *got):
+        np.testing.assert_array_equal(np.concatenate([t0, t1]), t)
+        np.testing.assert_array_equal(np.concatenate([i0, i1]), i)
+        np.testing.assert_array_equal(t, i)            # labels are the indices here
+        assert len(x0) == len(t0) and len(x1) == len(t1)
