@@ -277,15 +277,22 @@ class DataLoader:
             print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr,
                   flush=True)
 
-    def unreadable_classes(self) -> list:
+    @property
+    def bad_indices(self) -> list:
+        """Dataset indices of the files found unreadable so far, sorted."""
+        return sorted(self._bad_indices)
+
+    def unreadable_classes(self, also=()) -> list:
         """Names of the classes none of whose files could be read so far (they are never
-        trained on); empty when every class has at least one readable image."""
+        trained on); empty when every class has at least one readable image. ``also``: more
+        indices known to be unreadable (found by the loaders of other processes)."""
         targets = getattr(self.dataset, "targets", None)
         classes = getattr(self.dataset, "classes", None)
-        if targets is None or classes is None or not self._bad_indices:
+        known = self._bad_indices.union(int(i) for i in also)
+        if targets is None or classes is None or not known:
             return []
         bad = np.zeros(len(targets), bool)
-        bad[list(self._bad_indices)] = True
+        bad[list(known)] = True
         return [c for k, c in enumerate(classes) if (targets == k).any() and bad[targets == k].all()]
 
     def __iter__(self):

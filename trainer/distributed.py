@@ -115,6 +115,12 @@ class Distributed:
             self.comm.allreduce(a)
         return a
 
+    def gather(self, items: list) -> list:
+        """Every process's items (picklable), concatenated in rank order."""
+        if not self.active:
+            return items
+        return [x for part in self.comm.mpi.allgather(items) for x in part]
+
     def wrap(self, optimizer):
         """The optimizer, averaging gradients over processes when there are several."""
         if not self.active:

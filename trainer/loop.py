@@ -392,8 +392,8 @@ def train(config: TrainConfig, spec=None) -> dict:
         train_seconds = time.perf_counter() - t0
         if images == 0:
             raise TrainingError("no readable training images in this epoch")
-        if epoch == state.epoch and not dist.active:
-            for name in train_loader.unreadable_classes():
+        if epoch == state.epoch:
+            for name in train_loader.unreadable_classes(dist.gather(train_loader.bad_indices)):
                 log(f"warning: no image of class '{name}' could be read: the network never "
                     f"sees that class")
 
@@ -432,7 +432,7 @@ def train(config: TrainConfig, spec=None) -> dict:
             f"top1 {meters['top1'].avg:.1f}% | val loss {val['loss']:.3f} top1 {val['top1']:.1f}% "
             f"top5 {val['top5']:.1f}%{' (averaged weights)' if ema else ''} | "
             f"{images / train_seconds:.1f} img/s")
-    skipped = train_loader.skipped + val_loader.skipped
+    skipped = dist.gather(train_loader.skipped + val_loader.skipped)
     if skipped:
         log(f"{len(skipped)} unreadable image(s) were skipped: {', '.join(skipped[:5])}"
             + (" ..." if len(skipped) > 5 else ""))
