@@ -76,6 +76,26 @@ def optimizer():
     return comm
 
 
+def nccl():
+    """The same sums and broadcasts over NCCL, on one GPU per process (CuPy arrays)."""
+    from engine.backend import require_cuda
+    from engine.distributed import Communicator
+    cp = require_cuda()
+    comm = Communicator()
+    comm.use_gpu()
+    inputs = [np.random.default_rng(r).standard_normal((3, 1001)) for r in range(comm.size)]
+    a = cp.asarray(inputs[comm.rank])
+    comm.allreduce(a)
+    np.testing.assert_allclose(cp.asnumpy(a), np.sum(inputs, axis=0), rtol=1e-14, atol=1e-14)
+    b = cp.asarray(inputs[comm.rank], dtype=cp.float32)
+    comm.iallreduce(b).wait()
+    np.testing.assert_allclose(cp.asnumpy(b), np.sum(inputs, axis=0), rtol=1e-5, atol=1e-5)
+    c = cp.asarray(inputs[comm.rank])
+    comm.bcast(c, root=comm.size - 1)
+    np.testing.assert_array_equal(cp.asnumpy(c), inputs[comm.size - 1])
+    return comm
+
+
 def raises():
     """Rank 1 fails while rank 0 waits for it in a collective: the job must end."""
     from trainer.distributed import Distributed
@@ -90,6 +110,7 @@ if __name__ == "__main__":
     from trainer.distributed import Distributed
     Distributed.start(True)        # a failed assert on any rank ends the job, not a hang
     name = sys.argv[1]
-    comm = {"collectives": collectives, "optimizer": optimizer, "raises": raises}[name]()
+    comm = {"collectives": collectives, "optimizer": optimizer, "nccl": nccl,
+            "raises": raises}[name]()
     if comm.rank == 0:
         print(f"ok {name}", flush=True)

@@ -2,8 +2,8 @@
 
 The MPI tests launch 2 processes on the CPU with ``mpirun`` (Open MPI; ``--oversubscribe`` so
 that 2 processes may share fewer cores, ``--allow-run-as-root`` where the tests run as root).
-They are skipped, saying why, only where mpirun or mpi4py is missing. The NCCL path needs
-GPUs and is not exercised here.
+They are skipped, saying why, only where mpirun or mpi4py is missing; the NCCL check also
+needs CuPy and two GPUs.
 """
 from __future__ import annotations
 
@@ -63,6 +63,21 @@ def single(*args, timeout: float = 300):
 def test_collectives_and_averaged_gradients_match_one_process(check):
     r = mpirun(2, "tests/mpi_checks.py", check, timeout=120)
     assert r.returncode == 0 and f"ok {check}" in r.stdout, r.stdout + r.stderr
+
+
+def _gpus() -> int:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        return 0
+
+
+@needs_mpi
+@pytest.mark.skipif(_gpus() < 2, reason="NCCL between 2 processes needs CuPy and 2 GPUs")
+def test_nccl_collectives_match_one_process():
+    r = mpirun(2, "tests/mpi_checks.py", "nccl", timeout=300)
+    assert r.returncode == 0 and "ok nccl" in r.stdout, r.stdout + r.stderr
 
 
 @needs_mpi
@@ -157,7 +172,7 @@ def _rank_pid(marker: str, rank: int) -> int:
                 env = f.read().split(b"\0")
         except OSError:
             continue
-        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+        if any(f"{var}={rank}".encode() in env for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK")):
             return int(pid)
     raise AssertionError(f"no process of rank {rank} found")
 
