@@ -159,6 +159,7 @@ def run(args) -> dict:
                "distributed_no_overlap": (n, share, False)}
     if args.device == "cpu":
         configs["one_all_cores"] = (1, cores, True)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     runs: dict = {k: [] for k in configs}
     order = list(configs)
     for r in range(args.rounds):
@@ -185,6 +186,9 @@ def run(args) -> dict:
             entry["allreduce_all_s"] = statistics.median(raw)
             entry["allreduce_all_share"] = statistics.median(raw) / statistics.median(times)
         report["configs"][name] = entry
+    # Other work on the machine slows every configuration, the communication most.
+    report["load_average"] = [load_before,
+                              os.getloadavg()[0] if hasattr(os, "getloadavg") else None]
     report["scaling_efficiency"] = img_s("distributed") / (n * img_s("one_share"))
     if "one_all_cores" in configs:
         report["speedup_vs_one_process_all_cores"] = img_s("distributed") / img_s("one_all_cores")
@@ -195,7 +199,8 @@ def format_report(rep: dict) -> str:
     lines = [f"{rep['processes']} processes x batch {rep['batch_per_process']} at "
              f"{rep['image_size']}x{rep['image_size']} on {rep['device']} ({rep['cores']} cores, "
              f"{rep['threads_per_process']} thread(s) per process); medians of "
-             f"{rep['steps']} steps x {rep['rounds']} rounds",
+             f"{rep['steps']} steps x {rep['rounds']} rounds; load average "
+             f"{rep['load_average'][0]:.1f} -> {rep['load_average'][1]:.1f}",
              f"{'configuration':<26}{'img/s':>8}{'step s (min-max)':>22}{'comm share':>12}"]
     for name, e in rep["configs"].items():
         label = f"{e['processes']} proc, {e['threads'] or '-'} thr" + (

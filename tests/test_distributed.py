@@ -104,14 +104,21 @@ def _rows(path):
 def test_two_processes_train_as_one_process_at_twice_the_batch(tmp_path):
     """float64, aux heads and dropout on, Polyak averaging on: the per-epoch metrics and the
     saved weights, momentum and averages of 2 processes at batch 3 equal those of one process
-    at batch 6, to 1e-9."""
+    at batch 6, to 1e-9. The 2-process run stops after epoch 1 and is resumed (rank 0 reads
+    the checkpoint and broadcasts it), which must not change anything either."""
     data = str(tmp_path / "data")
-    common = ["-m", "models.googlenet", "train", *TINY, "--builtin-dir", data, "--epochs", "2"]
-    one = single(*common, "--batch-size", "6", "--output-dir", str(tmp_path / "one"))
+    common = ["-m", "models.googlenet", "train", *TINY, "--builtin-dir", data]
+    one = single(*common, "--epochs", "2", "--batch-size", "6",
+                 "--output-dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    two = mpirun(2, *common, "--batch-size", "3", "--output-dir", str(tmp_path / "two"))
+    two = mpirun(2, *common, "--epochs", "1", "--batch-size", "3",
+                 "--output-dir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stdout + two.stderr
-    assert "batch 3 per process x 2 processes = global batch 6" in two.stderr
+    assert "batch 3 per process x 2 processes = global batch 6" in two.stdout + two.stderr
+    two = mpirun(2, "-m", "models.googlenet", "train", "--epochs", "2",
+                 "--resume", str(tmp_path / "two" / "last.npz"))
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "resumed from" in two.stdout + two.stderr
     assert not os.path.exists(tmp_path / "two" / "best.npz.tmp")
 
     rows1, rows2 = _rows(tmp_path / "one" / "metrics.csv"), _rows(tmp_path / "two" / "metrics.csv")

@@ -307,7 +307,7 @@ def train(config: TrainConfig, spec=None) -> dict:
         saved = dist.check_resumed_world(saved, saved_world, config, resume)
         config = merge_resumed(config, saved, resume)
     cfg = resolve(config if dist.is_root else dataclasses.replace(config, resume=None), spec)
-    cfg = dataclasses.replace(cfg, resume=resume and cfg.resume)
+    cfg = dataclasses.replace(cfg, resume=resume)   # rank 0 alone opens the file
     device = device_for(cfg.device)
     dist.use_device(device)
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
