@@ -1,6 +1,6 @@
 """What the training loop needs to run as one of several processes: ``Distributed``.
 
-``Distributed.start(config)`` looks at how the process was launched. Under ``mpirun -n N``
+``Distributed.start(distributed)`` looks at how the process was launched. Under ``mpirun -n N``
 (or with ``--distributed``) it joins the MPI job; otherwise it is a single process and every
 method below does what a plain run did before (nothing, or the local value). The loop asks it:
 
