@@ -17,7 +17,8 @@ every round's steps. Reported:
   kept; and the speed-up over one process using every core (on a CPU, the N processes share
   the cores the single process would have used alone);
 * communication share: the part of the step spent waiting for communication that did not
-  finish during compute (the buckets' wait and the small per-step allreduce), and, for scale,
+  finish during compute (the buckets' wait and the small per-step allreduce, which include
+  waiting for a process that computed more slowly), the slowest rank's, and, for scale,
   the time a blocking allreduce of all the gradients takes on its own over the step time;
 * the same job with overlap off (every bucket sent after backward), to show what overlap buys.
 
