@@ -139,8 +139,7 @@ def merge_resumed(config: TrainConfig, saved: dict, path: str) -> TrainConfig:
     return TrainConfig.from_dict(merged)
 
 
-def _saved_config(path: str) -> tuple[dict, int]:
-    """(the saved run's settings, how many processes trained it)."""
+def _saved_config(path: str) -> dict:
     _, meta = ckpt.load_checkpoint(path)
     if meta.get("kind") != ckpt.RUN_KIND or not isinstance(meta.get("config"), dict):
         raise ckpt.CheckpointError(f"{path} is not a training checkpoint of this project "
@@ -154,7 +153,7 @@ def _saved_config(path: str) -> tuple[dict, int]:
             + "; ".join(p for p in (f"unknown: {', '.join(unknown)}" if unknown else "",
                                     f"missing: {', '.join(missing)}" if missing else "") if p)
             + ")")
-    return saved, int(meta.get("world_size", 1))
+    return saved
 
 
 # ------------------------------------------------------------------ output directory
@@ -302,7 +301,7 @@ def train(config: TrainConfig, spec=None) -> dict:
         def read_saved():
             if not os.path.isfile(resume):
                 raise UsageError(f"--resume {resume}: no such file")
-            return _saved_config(resume)
+            return _saved_config(resume), int(ckpt.read_meta(resume).get("world_size", 1))
         saved, saved_world = dist.root_only(read_saved)
         saved = dist.check_resumed_world(saved, saved_world, config, resume)
         config = merge_resumed(config, saved, resume)
