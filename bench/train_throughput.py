@@ -575,11 +575,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "compiling every kernel (reported as the first-step time)")
     ap.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     ap.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    ap.add_argument("--distributed", type=int, metavar="N",
+                    help="measure data-parallel training on N MPI processes instead "
+                         "(bench.train_distributed: img/s, scaling efficiency, communication "
+                         "share); with the first of --batch-sizes per process")
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.distributed:
+        from bench import train_distributed
+        return train_distributed.main(train_distributed.argv_from(args))
     if args.worker:
         args.batch = int(args.batch_sizes.split(",")[0])
         res = (_worker_ours if args.worker == "ours" else _worker_torch)(args)

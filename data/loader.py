@@ -15,6 +15,13 @@ Determinism: sample ``i`` in epoch ``e`` is augmented with
 not depend on the number of workers or on which worker handled what.  The shuffle order of
 epoch ``e`` comes from ``default_rng([seed, e])``; call ``set_epoch(e)`` before each epoch.
 
+Sharding (data-parallel training): with ``shard=(rank, size)`` the loader cuts each epoch's
+order into *global* batches of ``size * batch_size`` samples and yields slice ``rank`` of each,
+so ``size`` processes together see, step by step, exactly the batches one process at batch
+``size * batch_size`` sees. Every process then yields the same number of batches, an empty one
+``(float32 (0,), int64 (0,))`` where its slice is empty or unreadable, so that processes that
+meet at each step stay in step.
+
 Unreadable images: a file that cannot be opened or decoded is left out of its batch (the batch
 is one sample smaller, never refilled from the next one: refilling would make every later batch
 depend on which files failed).  A batch whose samples all fail is not yielded at all.  Each bad
@@ -191,6 +198,9 @@ class DataLoader:
       prefetch: batches in flight per worker (ready or being made) ahead of the consumer.
       timeout: seconds to wait for one batch from the workers before TimeoutError; 0 = none.
       start_method: multiprocessing start method; None = ``default_start_method()``.
+      shard: ``(rank, size)``: yield this process's slice of each global batch (above).
+      return_indices: yield ``(images, labels, indices)``, the dataset index of each sample
+        (the key of its per-sample randomness).
 
     ``len(loader)`` is the number of batches an epoch yields when no file is unreadable.
     With workers, the transform and dataset must be picklable if the platform lacks 'fork'.
@@ -201,7 +211,8 @@ class DataLoader:
 
     def __init__(self, dataset, batch_size: int, shuffle: bool = False, transform=None,
                  workers: int = 0, seed: int = 0, drop_last: bool = False, prefetch: int = 2,
-                 timeout: float = 0.0, start_method: str | None = None):
+                 timeout: float = 0.0, start_method: str | None = None, shard=None,
+                 return_indices: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if workers < 0 or prefetch < 1:
@@ -218,6 +229,11 @@ class DataLoader:
         self.prefetch = int(prefetch)
         self.timeout = float(timeout)
         self.start_method = start_method
+        rank, size = shard if shard is not None else (0, 1)
+        if not 0 <= rank < size:
+            raise ValueError(f"shard must be (rank, size) with 0 <= rank < size, got {shard}")
+        self.shard = None if shard is None else (int(rank), int(size))
+        self.return_indices = bool(return_indices)
         self.epoch = 0
         self.skipped: list[str] = []
         self._bad_indices: set[int] = set()
@@ -228,17 +244,26 @@ class DataLoader:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.epoch = int(epoch)
 
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per step over all shards (``batch_size`` when not sharded)."""
+        return self.batch_size * (self.shard[1] if self.shard else 1)
+
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, b = len(self.dataset), self.global_batch_size
+        return n // b if self.drop_last else -(-n // b)
 
     def _batches(self, epoch: int):
         n = len(self.dataset)
         order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
                  else np.arange(n))
-        batches = [order[k:k + self.batch_size] for k in range(0, n, self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+        step = self.global_batch_size
+        batches = [order[k:k + step] for k in range(0, n, step)]
+        if self.drop_last and batches and len(batches[-1]) < step:
             batches.pop()
+        if self.shard is not None:
+            lo = self.shard[0] * self.batch_size
+            batches = [b[lo:lo + self.batch_size] for b in batches]
         # Files already known to be bad are dropped up front; the result is the same batch the
         # worker would have produced, without reading the file again.
         return [[int(i) for i in b if int(i) not in self._bad_indices] for b in batches]
@@ -252,15 +277,22 @@ class DataLoader:
             print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr,
                   flush=True)
 
-    def unreadable_classes(self) -> list:
+    @property
+    def bad_indices(self) -> list:
+        """Dataset indices of the files found unreadable so far, sorted."""
+        return sorted(self._bad_indices)
+
+    def unreadable_classes(self, also=()) -> list:
         """Names of the classes none of whose files could be read so far (they are never
-        trained on); empty when every class has at least one readable image."""
+        trained on); empty when every class has at least one readable image. ``also``: more
+        indices known to be unreadable (found by the loaders of other processes)."""
         targets = getattr(self.dataset, "targets", None)
         classes = getattr(self.dataset, "classes", None)
-        if targets is None or classes is None or not self._bad_indices:
+        known = self._bad_indices.union(int(i) for i in also)
+        if targets is None or classes is None or not known:
             return []
         bad = np.zeros(len(targets), bool)
-        bad[list(self._bad_indices)] = True
+        bad[list(known)] = True
         return [c for k, c in enumerate(classes) if (targets == k).any() and bad[targets == k].all()]
 
     def __iter__(self):
@@ -269,15 +301,25 @@ class DataLoader:
             return self._iter_inline(batches, self.epoch)
         return self._iter_workers(batches, self.epoch)
 
+    def _output(self, images, labels, indices, bad):
+        """What to yield for a loaded batch, or None to yield nothing."""
+        if images is None:
+            if self.shard is None:
+                return None
+            images = np.empty((0,), np.float32)
+        if not self.return_indices:
+            return images, labels
+        failed = {i for i, _, _ in bad}
+        return images, labels, np.array([i for i in indices if i not in failed], np.int64)
+
     def _iter_inline(self, batches, epoch):
         for indices in batches:
-            if not indices:
-                continue
-            images, labels, bad = _load_batch(self.dataset, self.transform, self.seed, epoch,
-                                              indices)
+            images, labels, bad = (_load_batch(self.dataset, self.transform, self.seed, epoch,
+                                               indices) if indices else (None, np.empty(0, np.int64), []))
             self._note_bad(bad)
-            if images is not None:
-                yield images, labels
+            out = self._output(images, labels, indices, bad)
+            if out is not None:
+                yield out
 
     def _iter_workers(self, batches, epoch):
         if not batches:
@@ -308,8 +350,10 @@ class DataLoader:
                     ready[task_id] = payload
                 packed, labels, bad = ready.pop(want)
                 self._note_bad(bad)
-                if packed is not None:
-                    yield _unpack_images(packed), labels
+                out = self._output(None if packed is None else _unpack_images(packed), labels,
+                                   batches[want], bad)
+                if out is not None:
+                    yield out
         finally:
             for packed, _, _ in ready.values():
                 _discard(packed)

@@ -2,7 +2,8 @@
 
 Read in this order: ``tensor.py`` (Tensor, Function, backward), ``ops.py``
 (arithmetic), ``module.py`` (Module, Parameter), ``optim.py`` (SGD),
-``gradcheck.py`` (finite differences), ``backend.py`` (devices).
+``gradcheck.py`` (finite differences), ``backend.py`` (devices), ``distributed.py``
+(data parallelism over MPI and NCCL; imported on its own, it needs mpi4py).
 """
 from .backend import (cuda_available, get_array_module, manual_seed, normalize_device,
                       random_generator, to_device, to_numpy)

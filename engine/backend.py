@@ -6,6 +6,8 @@ exists; everything else asks :func:`get_array_module`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 _cupy = None          # the cupy module once imported successfully
@@ -131,3 +133,42 @@ def get_rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     manual_seed(state["seed"])
     random_generator(np).bit_generator.state = state["numpy"]
+
+
+# ---------------------------------------------------------------- per-sample randomness
+# Inside ``per_sample_random(keys)``, random draws for a batch are made sample by sample: row
+# k of the n-th draw comes from ``default_rng([*keys[k], n])``. A sample's dropout mask then
+# depends on the sample (the trainer keys it by seed, epoch and dataset index), not on the
+# batch it lands in or on the process that computes it, which is what makes data-parallel
+# training give the same result on any number of processes.
+_sample_keys = None
+_sample_draws = 0
+
+
+@contextlib.contextmanager
+def per_sample_random(keys):
+    """Within the block, ``uniform`` draws row k from a generator seeded by ``keys[k]``
+    (a sequence of non-negative ints) and the draw's number (1, 2, ...) in the block."""
+    global _sample_keys, _sample_draws
+    previous = _sample_keys, _sample_draws
+    _sample_keys, _sample_draws = [list(map(int, k)) for k in keys], 0
+    try:
+        yield
+    finally:
+        _sample_keys, _sample_draws = previous
+
+
+def uniform(shape, dtype, xp=np):
+    """Numbers uniform in [0, 1) of ``shape`` and ``dtype`` on ``xp``'s device: from the
+    engine's generator, or sample by sample inside ``per_sample_random``."""
+    global _sample_draws
+    if _sample_keys is None:
+        return random_generator(xp).random(shape, dtype=dtype)
+    if not shape or shape[0] != len(_sample_keys):
+        raise ValueError(f"per_sample_random: a draw of shape {tuple(shape)} does not have one "
+                         f"row per key ({len(_sample_keys)} keys)")
+    _sample_draws += 1    # from 1: a trailing 0 would seed like the key without it
+    rows = [np.random.default_rng(key + [_sample_draws]).random(shape[1:], dtype=dtype)
+            for key in _sample_keys]
+    out = np.stack(rows) if rows else np.empty(shape, dtype)
+    return out if xp is np else xp.asarray(out)

@@ -54,6 +54,9 @@ class Tensor:
     """
 
     __array_priority__ = 100  # make `ndarray * Tensor` call Tensor.__rmul__
+    # Called as ``grad_hook(tensor)`` after each gradient backward adds into a leaf's
+    # ``.grad``: lets ``engine.distributed`` start sending gradients while backward goes on.
+    grad_hook = None
 
     def __init__(self, data, requires_grad: bool = False, name: str | None = None):
         if isinstance(data, Tensor):
@@ -150,6 +153,8 @@ class Tensor:
             self.grad = g.copy()
         else:
             self.grad += g
+        if self.grad_hook is not None:
+            self.grad_hook(self)
 
     # --- arithmetic (implemented as Functions in engine.ops)
     def __add__(self, other):

@@ -1,7 +1,7 @@
 """ReLU and (inverted) dropout."""
 from __future__ import annotations
 
-from engine.backend import get_array_module, random_generator
+from engine.backend import get_array_module, uniform
 from engine.tensor import Function, Tensor
 
 from ._check import check_float
@@ -33,7 +33,7 @@ class DropoutFunction(Function):
     def forward(self, x):
         check_float("dropout", x=x)
         xp = get_array_module(x)
-        keep = random_generator(xp).random(x.shape, dtype=x.dtype) >= self.p
+        keep = uniform(x.shape, x.dtype, xp) >= self.p
         self.mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         return x * self.mask
 
@@ -45,7 +45,8 @@ def dropout(x, p: float, training: bool = True) -> Tensor:
     """Zero each element with probability ``p`` when training; the identity otherwise.
 
     Masks come from the engine's generator, so ``engine.manual_seed`` makes them
-    reproducible.
+    reproducible; inside ``engine.backend.per_sample_random`` each sample's mask comes from
+    its own key instead (the trainer's choice: masks then do not depend on the batch).
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")

@@ -228,7 +228,17 @@ def run(spec, args) -> int:
 
 
 def main(spec=None, argv=None) -> int:
-    """Run the command line for ``spec`` (GoogLeNet's when None); return the exit code."""
+    """Run the command line for ``spec`` (GoogLeNet's when None); return the exit code.
+
+    In an MPI job a failing process ends the whole job (the others would wait for it)."""
+    code = _main(spec, argv)
+    if code:
+        from trainer.distributed import fail_job
+        fail_job(code)
+    return code
+
+
+def _main(spec=None, argv=None) -> int:
     if spec is None:
         from models.googlenet import SPEC as spec
     args = build_parser(spec).parse_args(argv)

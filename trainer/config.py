@@ -20,10 +20,10 @@ RECIPE = None   # "take this from the network's recipe"
 # Settings that may change when a run is resumed; all others are part of the run and must
 # match the checkpoint (a different learning rate would silently make a different run).
 # Settings added after checkpoints were first written: a saved run without one had it unset.
-ADDED_SETTINGS = {"weights": None, "center_images": False}
+ADDED_SETTINGS = {"weights": None, "center_images": False, "distributed": False}
 
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "print_freq", "data", "output_dir",
-                     "builtin_dir", "resume", "overwrite")
+                     "builtin_dir", "resume", "overwrite", "distributed")
 
 
 class UsageError(ValueError):
@@ -83,6 +83,10 @@ class TrainConfig:
                              metavar="FILE", group="run")
     overwrite: bool = _f(False, "start a new run in an output directory that already holds "
                                 "one (its checkpoints and log are replaced)", group="run")
+    distributed: bool = _f(False, "join an MPI job (implied when launched by mpirun with "
+                                  "several processes): --batch-size is then per process, and "
+                                  "the results are those of one process at the global batch",
+                           group="run")
     print_freq: int = _f(10, "steps between progress lines when the output is not a terminal",
                          group="run")
     builtin_dir: str | None = _f(None, "where the built-in dataset is generated; by "

@@ -6,10 +6,15 @@ averaging is on), a row in ``metrics.csv`` (the main loss and each auxiliary los
 the curves in ``curves.png``, and atomic checkpoints: ``best.npz`` when validation top-1
 improved, then ``last.npz``.
 
-Everything random is seeded and saved: the data order and augmentation come from (seed, epoch,
-sample index), dropout masks from the engine's generator, whose state the checkpoint stores.
-``resume`` therefore continues exactly as if the run had never stopped, with the settings the
-run was started with.
+Everything random is seeded and saved: the data order, augmentation and dropout masks come from
+(seed, epoch, sample index), initialisation from the seed. ``resume`` therefore continues
+exactly as if the run had never stopped, with the settings the run was started with.
+
+Several processes (``mpirun -n N``, see ``trainer.distributed``): each takes its slice of every
+global batch of N x ``batch_size`` samples; gradients are averaged before each step, step
+counts and validation counts summed, and rank 0 alone logs and writes files. Since every
+random draw is keyed by the sample, N processes train exactly as one process at the global
+batch would.
 
 Crash safety: checkpoints are written atomically; the CSV row of an epoch is written before
 its checkpoints, and a resumed run drops rows after the checkpoint's epoch, so a kill at any
@@ -42,6 +47,7 @@ from models.spec import get_spec
 from trainer import checkpoint as ckpt
 from trainer.config import (ADDED_SETTINGS, RESUMABLE_CHANGES, TrainConfig, UsageError,
                             device_for, resolve)
+from trainer.distributed import Distributed
 from trainer.logs import (AverageMeter, append_metrics_csv, log, plot_curves, progress,
                           truncate_metrics_csv)
 
@@ -68,14 +74,20 @@ def preprocessing(spec, cfg: TrainConfig) -> dict:
     return dataclasses.replace(prep, center=bool(cfg.center_images)).to_meta()
 
 
-def evaluate(model, loader, device: str, desc: str = "val") -> dict:
-    """Loss, top-1 and top-5 accuracy (percent) of ``model`` in eval mode over ``loader``."""
+def evaluate(model, loader, device: str, desc: str = "val", dist: Distributed | None = None) -> dict:
+    """Loss, top-1 and top-5 accuracy (percent) of ``model`` in eval mode over ``loader``
+    (over every process's shard of it when ``dist`` has several: the counts are summed)."""
     was_training = model.training
     model.eval()
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
-    bar = progress(loader, desc=desc, print_freq=max(1, len(loader)))
+    if dist is not None and dist.active:
+        desc += " (rank 0's shard)"          # the bar shows what this process sees
+    bar = progress(loader, desc=desc, print_freq=max(1, len(loader)),
+                   file=dist.output if dist else None)
     with no_grad():
-        for x, t in bar:
+        for x, t, *_ in bar:
+            if len(t) == 0:         # this process's slice of the batch is empty
+                continue
             logits = model(backend.to_device(x.astype(model.dtype), device))
             loss_sum += L.softmax_cross_entropy(logits, backend.to_device(t, device)).item() * len(t)
             out = logits.numpy()
@@ -84,6 +96,9 @@ def evaluate(model, loader, device: str, desc: str = "val") -> dict:
             n += len(t)
             bar.set(loss=loss_sum / n, top1=100.0 * top1 / n)
     model.train(was_training)
+    if dist is not None and dist.active:
+        loss_sum, top1, top5, n = dist.sum([loss_sum, top1, top5, n]).tolist()
+        top1, top5, n = int(top1), int(top5), int(n)     # integers below 2**53 add exactly
     if n == 0:
         raise TrainingError(f"{desc}: no readable images to evaluate")
     return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": n}
@@ -168,11 +183,13 @@ def prepare_output_dir(cfg: TrainConfig) -> None:
 
 
 # ------------------------------------------------------------------ data
-def prepare_data(cfg: TrainConfig, spec, workers: int):
-    """(root, train set, train loader, val loader) for ``cfg``."""
+def prepare_data(cfg: TrainConfig, spec, workers: int, dist: Distributed | None = None):
+    """(root, train set, train loader, val loader) for ``cfg``; with several processes the
+    loaders yield this process's shard of each global batch, with sample indices."""
+    dist = dist or Distributed()
     root = cfg.data
     if root is None:
-        root = make_builtin(spec.builtin_data, cfg)
+        root = dist.node_first(lambda: make_builtin(spec.builtin_data, cfg))
     mode = "L" if spec.in_channels == 1 else "RGB"
     train_set = ImageFolder(root, "train", mode=mode)
     val_set = ImageFolder(root, "val", classes=train_set.classes, mode=mode)
@@ -183,10 +200,12 @@ def prepare_data(cfg: TrainConfig, spec, workers: int):
                                            **prep.transform_args(),
                                            **spec.builtin.get("augment", {})
                                            if cfg.data is None else {}), prep),
-        drop_last=len(train_set) > cfg.batch_size)
+        drop_last=len(train_set) > cfg.batch_size * dist.size, shard=dist.shard,
+        return_indices=True)
     val_loader = DataLoader(val_set, cfg.batch_size, workers=workers, seed=cfg.seed,
                             transform=Prepared(eval_transform(cfg.image_size,
-                                                              **prep.transform_args()), prep))
+                                                              **prep.transform_args()), prep),
+                            shard=dist.shard)
     return root, train_set, train_loader, val_loader
 
 
@@ -198,7 +217,7 @@ class RunState:
     best_top1: float = -1.0
 
 
-def _save(path, model, opt, ema, state, cfg, spec, classes) -> None:
+def _save(path, model, opt, ema, state, cfg, spec, classes, world_size: int = 1) -> None:
     # state_dict: the parameters and the buffers (batch norm's running statistics).
     groups = {"model": {n: backend.to_numpy(a) for n, a in model.state_dict().items()},
               "optim": opt.state_dict()["velocity"]}
@@ -208,7 +227,8 @@ def _save(path, model, opt, ema, state, cfg, spec, classes) -> None:
             "best_top1": state.best_top1, "classes": classes, "config": cfg.to_dict(),
             "optim": opt.state_dict()["hyper"], "ema_updates": ema.updates if ema else 0,
             "rng": backend.get_rng_state(), "preprocessing": preprocessing(spec, cfg),
-            "model": ckpt.model_meta(spec, model, cfg.image_size, cfg.init)}
+            "model": ckpt.model_meta(spec, model, cfg.image_size, cfg.init),
+            "world_size": world_size}
     ckpt.save_checkpoint(path, ckpt.pack_namespaces(groups), meta)
 
 
@@ -243,22 +263,59 @@ def _restore(path, model, opt, ema, classes) -> RunState:
                                    f"({type(exc).__name__}: {exc})") from None
 
 
+def _train_forward(model, spec, cfg, device, epoch, x, t, index, aux_heads: int, dist):
+    """Forward pass and loss on this process's slice of a batch.
+
+    Returns (the loss Tensor to differentiate, or None for an empty slice; [total, main,
+    aux...] losses as means over the global batch; its top-1 hits; its size n). Dropout draws
+    each sample's mask from (seed, epoch, dataset index), so it does not depend on the batch
+    the sample is in or on the process computing it."""
+    total, local = None, [0.0] * (4 + aux_heads)
+    if len(t):
+        with backend.per_sample_random([(cfg.seed, epoch, int(k)) for k in index]):
+            outputs = model(backend.to_device(x.astype(model.dtype), device))
+        total, main, aux_losses = spec.loss(outputs, backend.to_device(t, device),
+                                            cfg.aux_weight)
+        logits = (outputs[0] if isinstance(outputs, tuple) else outputs).numpy()
+        local = [total.item(), main.item(), *[a.item() for a in aux_losses],
+                 topk_correct(logits, t, 1), len(t)]
+    if not dist.active:
+        return total, local[:-2], local[-2], len(t)
+    # Summed over the processes: each loss x its n, the hits, the sizes.
+    n_local = len(t)
+    sums = dist.sum([v * n_local for v in local[:-2]] + local[-2:])
+    n = int(sums[-1])
+    return total, (sums[:-2] / max(n, 1)).tolist(), int(sums[-2]), n
+
+
 def train(config: TrainConfig, spec=None) -> dict:
     """Run training as ``config`` says; return the last epoch's metrics.
 
     Raises UsageError (bad settings or inputs), CheckpointError (an unreadable or foreign
     checkpoint) or TrainingError (the run itself failed)."""
     spec = spec or get_spec(config.network)
-    if config.resume:
-        if not os.path.isfile(config.resume):
-            raise UsageError(f"--resume {config.resume}: no such file")
-        config = merge_resumed(config, _saved_config(config.resume), config.resume)
-    cfg = resolve(config, spec)
+    dist = Distributed.start(config.distributed)   # one process unless launched by MPI
+    log = dist.log                                 # rank 0 alone speaks
+    resume = config.resume
+    if resume:
+        # Rank 0 reads the checkpoint and tells the others: other machines need not have it.
+        def read_saved():
+            if not os.path.isfile(resume):
+                raise UsageError(f"--resume {resume}: no such file")
+            return _saved_config(resume), int(ckpt.read_meta(resume).get("world_size", 1))
+        saved, saved_world = dist.root_only(read_saved)
+        saved = dist.check_resumed_world(saved, saved_world, config, resume)
+        config = merge_resumed(config, saved, resume)
+    cfg = resolve(config if dist.is_root else dataclasses.replace(config, resume=None), spec)
+    cfg = dataclasses.replace(cfg, resume=resume)   # rank 0 alone opens the file
     device = device_for(cfg.device)
+    dist.use_device(device)
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
-    prepare_output_dir(cfg)
+    if dist.is_root:
+        prepare_output_dir(cfg)
+    dist.barrier()
     backend.manual_seed(cfg.seed)
-    root, train_set, train_loader, val_loader = prepare_data(cfg, spec, workers)
+    root, train_set, train_loader, val_loader = prepare_data(cfg, spec, workers, dist)
     classes = list(train_set.classes)
     aux = spec.aux_heads > 0 and cfg.aux_weight > 0
     model = spec.build(len(classes), aux_logits=aux, dtype=cfg.dtype, seed=cfg.seed,
@@ -266,22 +323,25 @@ def train(config: TrainConfig, spec=None) -> dict:
     if cfg.weights and not cfg.resume:
         from trainer.finetune import load_initial_weights
         load_initial_weights(model, cfg.weights, classes, spec, cfg.image_size)
-    opt = SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    dist.broadcast_model(model)
+    opt = dist.wrap(SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                        weight_decay=cfg.wd))
     ema = PolyakAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     state = RunState()
     out = cfg.output_dir
     last_path, best_path = os.path.join(out, "last.npz"), os.path.join(out, "best.npz")
     csv_path = os.path.join(out, "metrics.csv")
     if cfg.resume:
-        state = _restore(cfg.resume, model, opt, ema, classes)
-        dropped = truncate_metrics_csv(csv_path, state.epoch)
+        state = dist.root_only(lambda: _restore(cfg.resume, model, opt, ema, classes))
+        dist.broadcast_run(model, opt, ema)
+        dropped = dist.root_only(lambda: truncate_metrics_csv(csv_path, state.epoch))
         log(f"resumed from {cfg.resume} after epoch {state.epoch} (step {state.step})"
             + (f"; dropped {dropped} log row(s) written after that checkpoint" if dropped else ""))
-    elif os.path.exists(csv_path):
+    elif dist.is_root and os.path.exists(csv_path):
         os.replace(csv_path, csv_path + ".old")   # a fresh run starts a fresh log
     source = cfg.data or f"the built-in {spec.builtin_data} dataset ({root})"
     log(f"training {spec.title} on {device}: {len(train_set)} images of {len(classes)} classes "
-        f"from {source}; {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size}, "
+        f"from {source}; {cfg.image_size}x{cfg.image_size}, {dist.describe_batch(cfg.batch_size)}, "
         f"{cfg.epochs} epochs, lr {cfg.lr:g}"
         + (f" (warm-up {cfg.warmup_epochs:g} epochs)" if cfg.warmup_epochs else "")
         + f", {cfg.init} init, {model.num_parameters() / 1e6:.2f} M parameters; output in {out}")
@@ -296,13 +356,14 @@ def train(config: TrainConfig, spec=None) -> dict:
         aux_meters = [AverageMeter() for _ in range(spec.aux_heads if aux else 0)]
         t0, images = time.perf_counter(), 0
         bar = progress(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       print_freq=cfg.print_freq)
-        for i, (x, t) in enumerate(bar):
+                       print_freq=cfg.print_freq, file=dist.output)
+        for i, (x, t, index) in enumerate(bar):
             opt.lr = lr_at(cfg, epoch + i / steps)
-            outputs = model(backend.to_device(x.astype(model.dtype), device))
-            total, main, aux_losses = spec.loss(outputs, backend.to_device(t, device),
-                                                cfg.aux_weight)
-            value = total.item()
+            total, losses, hits, n = _train_forward(model, spec, cfg, device, epoch, x, t, index,
+                                                    len(aux_meters), dist)
+            if n == 0:      # every image of this global batch was unreadable
+                continue
+            value = losses[0]
             if not math.isfinite(value):
                 raise TrainingError(
                     f"the loss became {value} at epoch {epoch + 1}, step {i + 1}: stopping. The "
@@ -310,31 +371,35 @@ def train(config: TrainConfig, spec=None) -> dict:
                     f"{last_path if os.path.exists(last_path) else '(none yet)'}; "
                     f"try a lower --lr (now {opt.lr:g})")
             opt.zero_grad()
-            total.backward()
+            if total is not None:
+                # Each process's loss is a mean over its own samples and the optimizer
+                # averages over processes; scaling by size x n_local / n makes that the mean
+                # over the global batch (a factor of exactly 1 when the slices are equal).
+                scale = dist.size * len(t) / n
+                xp = backend.get_array_module(total.data)
+                total.backward(None if scale == 1.0 else xp.full_like(total.data, scale))
             opt.step()
             if ema is not None:
                 ema.update(model)
             state.step += 1
-            logits = (outputs[0] if isinstance(outputs, tuple) else outputs).numpy()
-            n = len(t)
             meters["total"].update(value, n)
-            meters["loss"].update(main.item(), n)
-            for m, a in zip(aux_meters, aux_losses):
-                m.update(a.item(), n)
-            meters["top1"].update(100.0 * topk_correct(logits, t, 1) / n, n)
+            meters["loss"].update(losses[1], n)
+            for m, a in zip(aux_meters, losses[2:]):
+                m.update(a, n)
+            meters["top1"].update(100.0 * hits / n, n)
             images += n
             bar.set(loss=meters["loss"].avg, top1=meters["top1"].avg, lr=opt.lr)
         train_seconds = time.perf_counter() - t0
         if images == 0:
             raise TrainingError("no readable training images in this epoch")
         if epoch == state.epoch:
-            for name in train_loader.unreadable_classes():
+            for name in train_loader.unreadable_classes(dist.gather(train_loader.bad_indices)):
                 log(f"warning: no image of class '{name}' could be read: the network never "
                     f"sees that class")
 
         if ema is not None:
             ema.swap(model)
-        val = evaluate(model, val_loader, device)
+        val = evaluate(model, val_loader, device, dist=dist)
         if ema is not None:
             ema.swap(model)
         if not math.isfinite(val["loss"]):
@@ -353,20 +418,21 @@ def train(config: TrainConfig, spec=None) -> dict:
             metrics["train_total_loss"] = meters["total"].avg
         metrics.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
                         "img_per_s": images / train_seconds, "wall_s": train_seconds})
-        append_metrics_csv(csv_path, metrics)
-        plot_curves(csv_path, os.path.join(out, "curves.png"),
-                    title=f"{spec.title} on {os.path.basename(os.path.normpath(root))}",
-                    chance=chance)
-        if is_best:     # before last.npz: a kill in between re-runs this epoch on resume
-            _save(best_path, model, opt, ema, state, cfg, spec, classes)
-        _save(last_path, model, opt, ema, state, cfg, spec, classes)
+        if dist.is_root:
+            append_metrics_csv(csv_path, metrics)
+            plot_curves(csv_path, os.path.join(out, "curves.png"),
+                        title=f"{spec.title} on {os.path.basename(os.path.normpath(root))}",
+                        chance=chance)
+            if is_best:     # before last.npz: a kill in between re-runs this epoch on resume
+                _save(best_path, model, opt, ema, state, cfg, spec, classes, dist.size)
+            _save(last_path, model, opt, ema, state, cfg, spec, classes, dist.size)
         aux_text = (" (aux " + ", ".join(f"{m.avg:.3f}" for m in aux_meters) + ")"
                     if aux_meters else "")
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {meters['loss'].avg:.3f}{aux_text} "
             f"top1 {meters['top1'].avg:.1f}% | val loss {val['loss']:.3f} top1 {val['top1']:.1f}% "
             f"top5 {val['top5']:.1f}%{' (averaged weights)' if ema else ''} | "
             f"{images / train_seconds:.1f} img/s")
-    skipped = train_loader.skipped + val_loader.skipped
+    skipped = dist.gather(train_loader.skipped + val_loader.skipped)
     if skipped:
         log(f"{len(skipped)} unreadable image(s) were skipped: {', '.join(skipped[:5])}"
             + (" ..." if len(skipped) > 5 else ""))
