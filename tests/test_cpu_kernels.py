@@ -1,11 +1,12 @@
 """The Numba CPU kernels (kernels/cpu) against the plain NumPy path of the same layers.
 
 Every layer that dispatches to a kernel runs twice on the same inputs, once with
-``kernels.cpu.use(True)`` and once with ``use(False)`` (the NumPy code that tests/test_layers.py
-checks against naive loops), on hypothesis-drawn shapes in float32 and float64, forward and
+``layers.dispatch.use("auto")`` (the kernels) and once with ``use("plain")`` (the NumPy code
+that tests/test_layers.py checks against naive loops), on hypothesis-drawn shapes in float32 and float64, forward and
 backward, with strided inputs and gradients like the ones a concatenation hands back. The
 max-pool winners must be identical, ties included; everything else agrees to rounding.
-Also: the pool's run order and determinism, workspaces, the switch, and GoogLeNet end to end.
+Also: the pool's run order and determinism, workspaces, the dispatch switch, and GoogLeNet end
+to end.
 """
 import numpy as np
 import pytest
@@ -16,16 +17,22 @@ import kernels.cpu as cpu
 import layers as L
 from engine import Tensor
 from kernels.cpu import parallel, workspace
+from layers import dispatch
 from layers.pooling import MaxPool2dFunction
 
-pytestmark = pytest.mark.skipif(not cpu._numba_importable(), reason="Numba is not importable")
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="Numba is not importable")
 
 
 @pytest.fixture(autouse=True)
 def kernels_on():
-    """Every test here runs with the kernels on, whatever GOOGLENET_CPU_KERNELS says."""
-    with cpu.use(True):
+    """Every test here runs with the kernels on, whatever GOOGLENET_KERNELS says."""
+    with dispatch.use("auto"):
         yield
+
+
+def kernels(flag: bool):
+    """The kernels (True) or the plain path (False) for the block."""
+    return dispatch.use("auto" if flag else "plain")
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 FEW = settings(max_examples=15, deadline=None)
@@ -35,7 +42,7 @@ def run_both(fn, inputs, gy_seed=1, gy_view=False):
     """[output, grads...] of ``fn(*inputs)`` with the kernels on and off (NumPy arrays)."""
     results = []
     for flag in (True, False):
-        with cpu.use(flag):
+        with kernels(flag):
             ts = [Tensor(a.copy() if a.flags.c_contiguous else a, requires_grad=True)
                   for a in inputs]
             y = fn(*ts)
@@ -101,21 +108,21 @@ def test_conv_non_contiguous_input_and_no_input_gradient():
     w = rng.standard_normal((5, 4, 3, 3))
     ours, ref = run_both(lambda x, w: L.conv2d(x, w, pad=1, relu=True), [x, w])
     assert_close(ours, ref, np.float64)
-    with cpu.use(True):
+    with kernels(True):
         img = Tensor(x.copy())
         wt = Tensor(w, requires_grad=True)
         L.conv2d(img, wt, pad=1).sum().backward()
         assert img.grad is None and wt.grad is not None
 
 
-def test_conv_impl_im2col_forces_the_numpy_path(monkeypatch):
+def test_conv_impl_plain_forces_the_numpy_path(monkeypatch):
     import kernels.cpu.conv as K
 
     def boom(*a, **k):
         raise AssertionError("a Numba kernel ran")
     monkeypatch.setattr(K, "im2col", boom)
     x = np.ones((1, 2, 5, 5))
-    L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1, impl="im2col")
+    L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1, impl="plain")
     with pytest.raises(AssertionError, match="a Numba kernel ran"):
         L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1)
 
@@ -161,7 +168,7 @@ def test_max_pool_kernels_match_numpy(case, dtype, ties, seed):
     assert_close(ours[1:], ref[1:], dtype)
     winners = []
     for flag in (True, False):
-        with cpu.use(flag):
+        with kernels(flag):
             f = MaxPool2dFunction(k, s, p, ceil)
             f.forward(x)
             winners.append(f.winner)
@@ -248,15 +255,38 @@ def test_workspace_is_reused_per_slot():
     assert c.shape == (100, 100) and workspace.nbytes() >= c.nbytes
 
 
-def test_switch():
-    with cpu.use(False):
-        assert not cpu.enabled()
-        with cpu.use(True):
-            assert cpu.enabled()
-        assert not cpu.enabled()
-    assert cpu.enabled()
-    assert [cpu._env_flag(v) for v in ("0", "false", "off", "no", "1", "", "yes")] == \
-        [False, False, False, False, True, True, True]
+def test_dispatch_picks_the_kernel_and_the_switch_forces_plain():
+    x = np.random.default_rng(9).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    fns = [L.Conv2dFunction(1, 1), L.MaxPool2dFunction(3, 2), L.AvgPool2dFunction(3, 1, 1),
+           L.LRNFunction()]
+    args = [(x, np.ones((4, 3, 3, 3), np.float32)), (x,), (x,), (x,)]
+    for f, a in zip(fns, args):
+        f.forward(*a)
+        assert f.path == "cpu", type(f).__name__
+        with dispatch.use("plain"):
+            assert dispatch.mode() == "plain"
+            f.forward(*a)
+            assert f.path == "plain", type(f).__name__
+        assert dispatch.mode() == "auto"
+
+
+def test_dispatch_per_call_impl_and_its_errors():
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    for impl, path in (("plain", "plain"), ("im2col", "plain"), ("cpu", "cpu"), ("auto", "cpu")):
+        f = L.Conv2dFunction(1, 1, impl=impl)
+        f.forward(x, w)
+        assert f.path == path
+    with dispatch.use("plain"):          # an explicit request wins over the switch
+        f = L.Conv2dFunction(1, 1, impl="cpu")
+        f.forward(x, w)
+        assert f.path == "cpu"
+    with pytest.raises(ValueError, match=r"conv2d: impl='cuda' asked for.*NumPy inputs .*stride 1"):
+        L.conv2d(x, w, pad=1, impl="cuda")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        L.max_pool2d(x, 3, 2, impl="fast")
+    with pytest.raises(ValueError, match="mode must be 'auto' or 'plain'"):
+        with dispatch.use("cpu"):
+            pass
 
 
 # ------------------------------------------------------------------ whole model
@@ -267,7 +297,7 @@ def _googlenet_both(dtype):
     labels = np.array([1, 4, 2])
     runs = []
     for flag in (True, False):
-        with cpu.use(flag):
+        with kernels(flag):
             m = GoogLeNet(num_classes=5, dtype=dtype, seed=3)
             E.manual_seed(7)      # the same dropout masks
             outs = m(x)

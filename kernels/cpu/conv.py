@@ -1,7 +1,19 @@
-"""The convolution's non-GEMM work, over a *chunk* of ``g`` images starting at image ``n0``.
+"""The convolution on the CPU, chunk by chunk: :func:`conv2d` and :func:`conv2d_backward`.
 
-``layers.conv`` runs a convolution chunk by chunk: im2col of the chunk into a reused
-workspace, one GEMM, then an epilogue that writes the NCHW output. The chunk's column matrix
+A convolution (``layers.conv`` has the maths) runs ``g`` images at a time, so that one GEMM
+has at least ``COLUMNS_PER_GEMM`` columns (1x1: one image, ``x[n]`` itself), the chunks
+shared among threads (``parallel``)::
+
+    col_c = im2col(x[n0:n0+g])            (C*kh*kw, g*OH*OW), a reused workspace
+    Y_c   = W @ col_c                     (O, g*OH*OW); with g = 1 straight into y[n0]
+    y[n0:n0+g] = relu(Y_c + b)            one Numba pass: bias, ReLU, (O, g, P) -> (g, O, P)
+
+and backward likewise per chunk (ReLU mask and gather, gW += gY_c @ col_c.T,
+gx[chunk] = col2im(W.T @ gY_c)). No batch-sized column matrix is ever built: the columns of a
+chunk stay in cache between im2col and the GEMM, and the workspaces are reused.
+
+The non-GEMM work is done by Numba kernels over a *chunk* of ``g`` images starting at image
+``n0``. The chunk's column matrix
 has one column per output pixel of the chunk, ordered (image, oh, ow), and one row per
 (c, i, j) like the weight's (in, kh, kw)::
 
@@ -21,9 +33,15 @@ races and results are deterministic):
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
+from . import parallel, workspace
 from .loops import add, add_strided, copy, copy_strided, u64, zero
+
+# Images per GEMM so that it has at least this many columns (output pixels). Larger GEMMs run
+# closer to BLAS's peak; smaller chunks keep the columns in cache.
+COLUMNS_PER_GEMM = 1024
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -140,3 +158,104 @@ def prologue(gy3, y3, relu, n0, out):
                     o_row[base + q] = g_row[q] if y_row[q] > 0 else 0
             else:
                 copy(o_row, base, g_row, 0, p)
+
+
+# ------------------------------------------------------------------ the whole batch
+def _out_size(size, k, stride, pad):
+    return (size + 2 * pad - k) // stride + 1
+
+
+def images_per_chunk(n, p, pointwise) -> int:
+    """Images per GEMM: enough for COLUMNS_PER_GEMM columns, while leaving at least two
+    chunks per thread to share out. A 1x1 convolution takes one image at a time down to 7x7
+    maps: its GEMM then reads x[n] in place, and gathering several images would cost more
+    than the slightly larger GEMM gains (single-threaded OpenBLAS runs these shapes within
+    10% of its peak)."""
+    if pointwise and p >= 49:
+        return 1
+    return max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // (2 * parallel.threads()))))
+
+
+def conv2d(x, w, b, stride, pad, relu):
+    """y (N, O, OH, OW) = relu(conv(x, w) + b) for x (N, C, H, W), w (O, C, kh, kw), b (O,)
+    or None. Per chunk of g images: col = im2col, Y = W @ col, y[chunk] = relu(Y + b)."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
+    p, ck = oh * ow, c * kh * kw
+    w2 = np.ascontiguousarray(w.reshape(o, ck))
+    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    y3 = y.reshape(n, o, p)
+    bias = b if b is not None else w2[:, 0]    # unused when there is no bias
+    direct = kh == kw == 1 and stride == 1 and pad == 0   # x[n] is image n's column matrix
+
+    def body(chunks):
+        for n0, g in chunks:
+            if direct and g == 1:
+                col = x[n0].reshape(c, p)
+            else:
+                col = workspace.get("col", (ck, g * p), x.dtype)
+                im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
+            out = y3[n0] if g == 1 else workspace.get("gemm", (o, g * p), x.dtype)
+            np.matmul(w2, col, out=out)
+            epilogue(out, bias, b is not None, relu, y3, n0)
+
+    parallel.run(body, parallel.chunks(n, images_per_chunk(n, p, direct)), blas=True)
+    return y
+
+
+def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
+    """(gx, gW, gb) of :func:`conv2d` (None where not needed); ``y`` is the forward's output
+    (its ReLU mask; unused without ``relu``). Per chunk: gY = gy[chunk] * (y > 0),
+    gb += row sums of gY, gW += gY @ im2col(x[chunk]).T, gx[chunk] = col2im(W.T @ gY). Each
+    run of chunks returns partial gW and gb, added in run order."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = gy.shape[2:]
+    p, ck = oh * ow, c * kh * kw
+    w2t = np.ascontiguousarray(w.reshape(o, ck)).T
+    gy3 = gy.reshape(n, o, p)
+    y3 = y.reshape(n, o, p) if relu else gy3
+    direct = kh == kw == 1 and stride == 1 and pad == 0
+    gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
+
+    def body(chunks):
+        """One run of chunks; returns its (gW, gb) partial sums."""
+        gw2 = np.zeros((o, ck), dtype=x.dtype) if need_w else None
+        gb = np.zeros(o, dtype=np.float64) if need_b else None
+        for n0, g in chunks:
+            gyc = workspace.get("gy", (o, g * p), x.dtype)
+            prologue(gy3, y3, relu, n0, gyc)        # ReLU mask, (g, O, P) -> (O, g*P)
+            if need_b:
+                gb += gyc.sum(axis=1)
+            if need_w:
+                if direct and g == 1:
+                    col = x[n0].reshape(c, p)
+                else:
+                    col = workspace.get("col", (ck, g * p), x.dtype)
+                    im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
+                part = workspace.get("gw", (o, ck), x.dtype)
+                np.matmul(gyc, col.T, out=part)
+                gw2 += part
+            if need_x:
+                if direct and g == 1:
+                    np.matmul(w2t, gyc, out=gx[n0].reshape(c, p))
+                    continue
+                gcol = workspace.get("gcol", (ck, g * p), x.dtype)
+                np.matmul(w2t, gyc, out=gcol)
+                if direct:
+                    epilogue(gcol, gcol[:, 0], False, False, gx.reshape(n, c, p), n0)
+                else:
+                    col2im(gcol, n0, kh, kw, stride, pad, oh, ow, gx)
+        return gw2, gb
+
+    parts = parallel.run(body, parallel.chunks(n, images_per_chunk(n, p, direct)), blas=True)
+    gw, gb = parts[0]
+    for gw_part, gb_part in parts[1:]:    # fixed order, whichever thread ran which run
+        if need_w:
+            gw += gw_part
+        if need_b:
+            gb += gb_part
+    gw = gw.reshape(w.shape) if need_w else None
+    gb = gb.astype(x.dtype) if need_b else None
+    return gx, gw, gb

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import parallel
 from .loops import copy, u64
 
 
@@ -191,3 +192,35 @@ def avg_pool_backward(gy, k, s, pad, dh, dw, gx):
                         row = plane[yy * s - pad + i]
                         for j in range(max(0, pad - xx * s), min(k, w + pad - xx * s)):
                             row[xx * s - pad + j] += share
+
+
+# ------------------------------------------------------------------ the whole batch
+def max_pool2d(x, k, s, pad, oh, ow):
+    """(y, winner) (N, C, OH, OW) of x (N, C, H, W), images shared among the threads."""
+    y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+    winner = np.empty(y.shape, dtype=np.uint8)
+    parallel.over_images(x.shape[0], lambda i: max_pool_forward(x[i], k, s, pad, y[i], winner[i]))
+    return y, winner
+
+
+def max_pool2d_backward(gy, winner, k, s, pad, x_shape):
+    """gx (x_shape): gy scattered to each window's winning tap."""
+    gx = np.empty(x_shape, dtype=gy.dtype)
+    parallel.over_images(gy.shape[0], lambda i: max_pool_backward(gy[i], winner[i], k, s, pad,
+                                                                  gx[i]))
+    return gx
+
+
+def avg_pool2d(x, k, s, pad, dh, dw):
+    """y (N, C, len(dh), len(dw)): window sums over Caffe's divisors dh[yy] * dw[xx]."""
+    y = np.empty(x.shape[:2] + (len(dh), len(dw)), dtype=x.dtype)
+    parallel.over_images(x.shape[0], lambda i: avg_pool_forward(x[i], k, s, pad, dh, dw, y[i]))
+    return y
+
+
+def avg_pool2d_backward(gy, k, s, pad, dh, dw, x_shape):
+    """gx (x_shape): every output's gy / divisor spread over its window."""
+    gx = np.empty(x_shape, dtype=gy.dtype)
+    parallel.over_images(gy.shape[0], lambda i: avg_pool_backward(gy[i], k, s, pad, dh, dw,
+                                                                  gx[i]))
+    return gx
