@@ -127,6 +127,52 @@ def test_conv_impl_plain_forces_the_numpy_path(monkeypatch):
         L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1)
 
 
+# Winograd F(2x2, 3x3) forward, against the plain path in float64. Its float32 error on
+# GoogLeNet's shapes is about 5e-7 of the output's scale; 1e-5 is the stated bound.
+WINOGRAD_TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+@FEW
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 11),
+       st.integers(1, 11), st.booleans(), st.sampled_from([np.float32, np.float64]),
+       st.integers(0, 2**31 - 1))
+def test_winograd_forward_matches_the_direct_convolution(monkeypatch, n, c, o, h, w, relu,
+                                                         dtype, seed):
+    from kernels.cpu import winograd
+    monkeypatch.setattr(winograd, "worth_it", lambda *a: True)   # on every shape drawn
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((o, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    f = L.Conv2dFunction(1, 1, relu=relu)
+    y = f.forward(x, wt, b)
+    assert f.path == "cpu"
+    with kernels(False):
+        ref = L.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
+                       1, 1, relu=relu).data
+    scale = max(float(np.abs(ref).max()), 1.0)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, ref, rtol=0, atol=WINOGRAD_TOL[dtype] * scale)
+
+
+def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
+    from kernels.cpu import conv as K
+    from kernels.cpu import winograd
+    assert K.use_winograd((8, 128, 28, 28), (192, 128, 3, 3), 1, 1)
+    assert not K.use_winograd((8, 160, 7, 7), (320, 160, 3, 3), 1, 1)       # small maps
+    assert not K.use_winograd((8, 16, 28, 28), (32, 16, 3, 3), 1, 1)        # few channels
+    assert not K.use_winograd((8, 128, 28, 28), (192, 128, 3, 3), 2, 1)     # stride 2
+    assert not K.use_winograd((8, 128, 28, 28), (192, 128, 5, 5), 1, 2)     # 5x5
+    calls = []
+    real = winograd.input_transform
+    monkeypatch.setattr(winograd, "input_transform", lambda *a: calls.append(1) or real(*a))
+    x = np.random.default_rng(0).standard_normal((2, 64, 14, 14)).astype(np.float32)
+    wt = np.random.default_rng(1).standard_normal((64, 64, 3, 3)).astype(np.float32)
+    ours, ref = run_both(lambda *a: L.conv2d(*a, pad=1, relu=True), [x, wt])
+    assert calls                                       # the kernels' forward took it
+    assert_close(ours[:1], ref[:1], np.float32)
+
+
 def test_im2col_and_col2im_kernels_match_numpy():
     """The chunk kernels against layers.im2col / col2im for one chunk of images."""
     from kernels.cpu import conv as K

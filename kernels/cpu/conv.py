@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import parallel, workspace
+from . import parallel, winograd, workspace
 from .loops import add, add_strided, copy, copy_strided, u64, zero
 
 # Images per GEMM so that it has at least this many columns (output pixels). Larger GEMMs run
@@ -176,10 +176,52 @@ def images_per_chunk(n, p, pointwise) -> int:
     return max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // (2 * parallel.threads()))))
 
 
+def use_winograd(x_shape, w_shape, stride, pad) -> bool:
+    """Winograd F(2x2, 3x3) for this layer's forward (``winograd.applies`` and ``worth_it``)?
+    The backward stays on im2col + GEMM, which measured faster (``docs/performance_cpu.md``)."""
+    return (winograd.applies(w_shape, stride, pad)
+            and winograd.worth_it(x_shape[1], w_shape[0], x_shape[2], x_shape[3]))
+
+
+def _sixteen(slot, rows, cols, dtype):
+    """A (16, rows, cols) workspace whose 16 matrices lie 64 bytes more than rows * cols
+    apart: the transforms read or write all 16 at once, and at a distance that is a multiple
+    of 4 KiB those 16 streams would share one set of the L1 cache (measured 5x slower)."""
+    step = rows * cols + 64 // np.dtype(dtype).itemsize
+    flat = workspace.get(slot, (16, step), dtype)
+    return flat[:, :rows * cols].reshape(16, rows, cols)
+
+
+def _winograd(src3, u, bias, has_bias, relu, h, w, out3):
+    """out3 (N, O, H*W) = relu(conv3x3_same(src3) + bias) by F(2x2, 3x3), chunks of images
+    on the threads; u (16, O, C) is the transformed filter."""
+    n, c = src3.shape[:2]
+    o = u.shape[1]
+    nt = winograd.tiles(h, w)[0] * winograd.tiles(h, w)[1]
+
+    def body(chunks):
+        for n0, g in chunks:
+            v = _sixteen("wino_v", c, g * nt, u.dtype)
+            m = _sixteen("wino_m", o, g * nt, u.dtype)
+            winograd.input_transform(src3, n0, h, w, v)
+            np.matmul(u, v, out=m)
+            winograd.output_transform(m, bias, has_bias, relu, n0, h, w, out3)
+
+    parallel.run(body, parallel.chunks(n, images_per_chunk(n, nt, False)), blas=True)
+
+
 def conv2d(x, w, b, stride, pad, relu):
     """y (N, O, OH, OW) = relu(conv(x, w) + b) for x (N, C, H, W), w (O, C, kh, kw), b (O,)
-    or None. Per chunk of g images: col = im2col, Y = W @ col, y[chunk] = relu(Y + b)."""
+    or None. Per chunk of g images: col = im2col, Y = W @ col, y[chunk] = relu(Y + b); or
+    Winograd F(2x2, 3x3) where :func:`use_winograd`."""
     n, c, h, wd = x.shape
+    if use_winograd(x.shape, w.shape, stride, pad):
+        y = np.empty((n, w.shape[0], h, wd), dtype=x.dtype)
+        x3 = x.reshape(n, c, h * wd)
+        bias = b if b is not None else x3[0, 0]
+        _winograd(x3, winograd.filter_transform(w), bias, b is not None, relu, h, wd,
+                  y.reshape(n, -1, h * wd))
+        return y
     o, _, kh, kw = w.shape
     oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
     p, ck = oh * ow, c * kh * kw
@@ -218,7 +260,6 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     y3 = y.reshape(n, o, p) if relu else gy3
     direct = kh == kw == 1 and stride == 1 and pad == 0
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
-
     def body(chunks):
         """One run of chunks; returns its (gW, gb) partial sums."""
         gw2 = np.zeros((o, ck), dtype=x.dtype) if need_w else None
