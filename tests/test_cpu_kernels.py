@@ -390,3 +390,33 @@ def test_bench_torch_peer_is_the_same_network():
                                     "settings": {"threads": 2, "openblas_coretype": "-",
                                                  "steps": 1, "rounds": 1, "warmup": 1},
                                     "results": []})
+
+
+# --------------------------------------------------------------------------- SGD
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_fused_sgd_matches_the_numpy_formula(nesterov):
+    """engine.SGD on NumPy parameters (kernels.cpu.sgd) against the update written out with
+    NumPy, three steps (the first creates the momentum buffer), two groups."""
+    from engine import SGD
+    from engine.module import Parameter
+    rng = np.random.default_rng(11)
+    shapes = [(7, 3, 3, 3), (7,), (5, 11)]
+    params = [Parameter(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    params[1].lr_mult, params[1].decay_mult = 2.0, 0.0
+    ref = [p.data.copy() for p in params]
+    vel = [None] * 3
+    opt = SGD([{"params": params[:2]}, {"params": params[2:], "lr_mult": 0.5}], lr=0.1,
+              momentum=0.9, weight_decay=0.01, nesterov=nesterov)
+    lr_mult, wd_mult = [1.0, 2.0, 0.5], [1.0, 0.0, 1.0]
+    for _ in range(3):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.copy()
+        opt.step()
+        for k, g in enumerate(grads):
+            d = g + 0.01 * wd_mult[k] * ref[k]
+            vel[k] = d.copy() if vel[k] is None else 0.9 * vel[k] + d
+            ref[k] = ref[k] - 0.1 * lr_mult[k] * (d + 0.9 * vel[k] if nesterov else vel[k])
+    for p, r, v, ov in zip(params, ref, vel, opt.velocity):
+        np.testing.assert_allclose(p.data, r, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ov, v, rtol=1e-5, atol=1e-6)
