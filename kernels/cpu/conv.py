@@ -140,6 +140,27 @@ def epilogue(src, bias, has_bias, relu, y3, n0):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def bias_relu(y2, bias, has_bias, relu):
+    """In place on y2 (O, P): y2[o] = y2[o] (+ bias[o]), then max(., 0) when ``relu``.
+
+    The epilogue of a one-image chunk, whose GEMM wrote straight into y[n0]. Calling
+    :func:`epilogue` with src and y3 the same memory ran 7x slower: LLVM cannot tell that
+    the two rows are the same, and the loop it keeps for possibly overlapping arrays is not
+    vectorised."""
+    o_, p = y2.shape
+    for o in range(o_):
+        row = y2[o]
+        b = bias[o] if has_bias else 0
+        if relu:
+            for q in range(u64(p)):
+                v = row[q] + b
+                row[q] = 0 if v < 0 else v
+        else:
+            for q in range(u64(p)):
+                row[q] += b
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def prologue(gy3, y3, relu, n0, out):
     """out[o, gi*P + q] = gy3[n0 + gi, o, q], zeroed where y3 <= 0 when ``relu``.
 
@@ -238,7 +259,11 @@ def conv2d(x, w, b, stride, pad, relu):
             else:
                 col = workspace.get("col", (ck, g * p), x.dtype)
                 im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
-            out = y3[n0] if g == 1 else workspace.get("gemm", (o, g * p), x.dtype)
+            if g == 1:
+                np.matmul(w2, col, out=y3[n0])
+                bias_relu(y3[n0], bias, b is not None, relu)
+                continue
+            out = workspace.get("gemm", (o, g * p), x.dtype)
             np.matmul(w2, col, out=out)
             epilogue(out, bias, b is not None, relu, y3, n0)
 
