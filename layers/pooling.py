@@ -102,7 +102,9 @@ class MaxPool2dFunction(_Pool2dFunction):
 
     def forward_cpu(self, x):
         from kernels.cpu import pool
-        y, self.winner = pool.max_pool2d(x, self.k, self.s, self.pad, *self.out_hw)
+        # Called outside a graph (no_grad, inference) nothing goes backward: skip the winners.
+        track = self.needs_grad != (False,)
+        y, self.winner = pool.max_pool2d(x, self.k, self.s, self.pad, *self.out_hw, track)
         return y
 
     def backward_cpu(self, gy):

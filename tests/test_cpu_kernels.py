@@ -420,3 +420,15 @@ def test_fused_sgd_matches_the_numpy_formula(nesterov):
     for p, r, v, ov in zip(params, ref, vel, opt.velocity):
         np.testing.assert_allclose(p.data, r, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(ov, v, rtol=1e-5, atol=1e-6)
+
+
+def test_max_pool_outside_a_graph_skips_the_winners_with_the_same_output():
+    from engine import no_grad
+    x = np.random.default_rng(12).standard_normal((2, 5, 13, 13)).astype(np.float32)
+    for s, p in ((1, 1), (2, 0)):
+        with no_grad():
+            fast = L.max_pool2d(x, 3, s, p).data
+        f = MaxPool2dFunction(3, s, p)
+        full = f.forward(x)
+        assert f.winner is not None
+        np.testing.assert_array_equal(fast, full)

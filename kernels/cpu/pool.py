@@ -33,8 +33,16 @@ def _offer(best, arg, b0, src, s0, stride, n, tap):
         arg[b0 + t] = tap if better else arg[b0 + t]
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _offer_max(best, b0, src, s0, stride, n):
+    """:func:`_offer` without the winners (inference: nothing will go backward)."""
+    for t in range(n):
+        v = src[s0 + t * stride]
+        best[b0 + t] = v if v > best[b0 + t] else best[b0 + t]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def _max_pool_stride1(x, k, pad, y, winner):
+def _max_pool_stride1(x, k, pad, y, winner, track):
     """Stride 1 (the Inception modules' 3x3/1 pools): each plane is copied into a -inf padded
     buffer of width wp, where output (yy, xx) at flat position q = yy*wp + xx reads
     q + i*wp + j for tap (i, j). Every tap is then one long contiguous loop over the whole
@@ -55,6 +63,13 @@ def _max_pool_stride1(x, k, pad, y, winner):
             for hh in range(h):
                 copy(xpad, (hh + pad) * wp + pad, plane[hh], 0, w)
             copy(best, 0, xpad, 0, m)
+            if not track:
+                for tap in range(1, k * k):
+                    _offer_max(best, u64(0), xpad, u64((tap // k) * wp + tap % k), u64(1),
+                               u64(m))
+                for yy in range(oh):
+                    copy(y_plane[yy], 0, best, yy * wp, ow)
+                continue
             for t in range(u64(m)):
                 arg[t] = 0
             for tap in range(1, k * k):
@@ -76,7 +91,7 @@ def _row_pass(xpad, k, stride, hb, harg):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _max_pool_separable(x, k, s, pad, y, winner):
+def _max_pool_separable(x, k, s, pad, y, winner, track):
     """Any stride (GoogLeNet's 3x3/2 pools), in two passes over a -inf padded plane:
 
     * along rows: hb[r, xx] = max_j xpad[r, s*xx + j] and its j. With the padded width
@@ -106,6 +121,13 @@ def _max_pool_separable(x, k, s, pad, y, winner):
                 _row_pass(xpad, k, u64(2), hb, harg)
             else:
                 _row_pass(xpad, k, u64(s), hb, harg)
+            if not track:
+                for yy in range(oh):
+                    y_row = y_plane[yy]
+                    copy(y_row, 0, hb, yy * s * wq, ow)
+                    for i in range(1, k):
+                        _offer_max(y_row, u64(0), hb, u64((yy * s + i) * wq), u64(1), u64(ow))
+                continue
             for yy in range(oh):
                 y_row, w_row = y_plane[yy], w_plane[yy]
                 r0 = u64(yy * s * wq)
@@ -123,12 +145,13 @@ def _max_pool_separable(x, k, s, pad, y, winner):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def max_pool_forward(x, k, s, pad, y, winner):
-    """x (N, C, H, W) -> y (N, C, OH, OW) and winner (N, C, OH, OW) uint8."""
+def max_pool_forward(x, k, s, pad, y, winner, track=True):
+    """x (N, C, H, W) -> y (N, C, OH, OW) and winner (N, C, OH, OW) uint8 (left unwritten
+    when ``track`` is False)."""
     if s == 1:
-        _max_pool_stride1(x, k, pad, y, winner)
+        _max_pool_stride1(x, k, pad, y, winner, track)
     else:
-        _max_pool_separable(x, k, s, pad, y, winner)
+        _max_pool_separable(x, k, s, pad, y, winner, track)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -195,12 +218,14 @@ def avg_pool_backward(gy, k, s, pad, dh, dw, gx):
 
 
 # ------------------------------------------------------------------ the whole batch
-def max_pool2d(x, k, s, pad, oh, ow):
-    """(y, winner) (N, C, OH, OW) of x (N, C, H, W), images shared among the threads."""
+def max_pool2d(x, k, s, pad, oh, ow, track=True):
+    """(y, winner) (N, C, OH, OW) of x (N, C, H, W), images shared among the threads;
+    winner is None unless ``track`` (only backward needs it)."""
     y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
-    winner = np.empty(y.shape, dtype=np.uint8)
-    parallel.over_images(x.shape[0], lambda i: max_pool_forward(x[i], k, s, pad, y[i], winner[i]))
-    return y, winner
+    winner = np.empty(y.shape if track else (x.shape[0], 1, 1, 1), dtype=np.uint8)
+    parallel.over_images(x.shape[0], lambda i: max_pool_forward(x[i], k, s, pad, y[i],
+                                                                winner[i], track))
+    return y, (winner if track else None)
 
 
 def max_pool2d_backward(gy, winner, k, s, pad, x_shape):
