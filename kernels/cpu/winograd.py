@@ -31,9 +31,6 @@ from numba import njit
 
 from .loops import copy, u64
 
-_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-
-
 def applies(w_shape, stride: int, pad: int) -> bool:
     """3x3 kernels, stride 1, padding 1 ("same")."""
     return tuple(w_shape[2:]) == (3, 3) and stride == 1 and pad == 1
@@ -47,13 +44,30 @@ def worth_it(c: int, o: int, h: int, w: int) -> bool:
     return min(c, o) >= 64 and h >= 14 and w >= 14
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
 def filter_transform(w):
     """U (16, O, C) = G g G^T for every filter g of w (O, C, 3, 3)."""
-    o, c = w.shape[:2]
-    g = _G.astype(w.dtype)
-    t = (w.reshape(o * c * 3, 3) @ g.T).reshape(o, c, 3, 4)      # g G^T: one GEMM
-    u = np.tensordot(g, t, axes=(1, 2))                           # G (g G^T): (4, O, C, 4)
-    return np.ascontiguousarray(u.transpose(0, 3, 1, 2)).reshape(16, o, c)
+    o_, c_ = w.shape[0], w.shape[1]
+    u = np.empty((16, o_, c_), dtype=w.dtype)
+    for o in range(o_):
+        for c in range(c_):
+            g = w[o, c]
+            # T = G g (4x3): rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2; then U = T G^T
+            for r in range(4):
+                if r == 0:
+                    t0, t1, t2 = g[0, 0], g[0, 1], g[0, 2]
+                elif r == 3:
+                    t0, t1, t2 = g[2, 0], g[2, 1], g[2, 2]
+                else:
+                    sgn = 1 if r == 1 else -1
+                    t0 = (g[0, 0] + sgn * g[1, 0] + g[2, 0]) * 0.5
+                    t1 = (g[0, 1] + sgn * g[1, 1] + g[2, 1]) * 0.5
+                    t2 = (g[0, 2] + sgn * g[1, 2] + g[2, 2]) * 0.5
+                u[4 * r, o, c] = t0
+                u[4 * r + 1, o, c] = (t0 + t1 + t2) * 0.5
+                u[4 * r + 2, o, c] = (t0 - t1 + t2) * 0.5
+                u[4 * r + 3, o, c] = t2
+    return u
 
 
 def tiles(h: int, w: int) -> tuple[int, int]:
