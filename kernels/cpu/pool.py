@@ -108,8 +108,12 @@ def _max_pool_separable(x, k, s, pad, y, winner, track):
     rows = max((oh - 1) * s + k, h + pad)
     m = rows * wq
     xpad = np.empty(rows * wp + k, dtype=x.dtype)   # + k: the last row's taps read past it
-    hb = np.empty(m, dtype=x.dtype)
-    harg = np.empty(m, dtype=np.uint8)
+    cm = oh * s * wq                                 # the column pass's positions
+    hb_all = np.full(max(m, cm + (k - 1) * wq), -np.inf, dtype=x.dtype)
+    harg_all = np.zeros(hb_all.size, dtype=np.uint8)
+    hb, harg = hb_all[:m], harg_all[:m]              # the row pass fills these
+    cb = np.empty(cm, dtype=x.dtype)
+    carg = np.empty(cm, dtype=np.uint8)
     for t in range(u64(xpad.size)):
         xpad[t] = -np.inf
     for ni in range(n):
@@ -128,20 +132,22 @@ def _max_pool_separable(x, k, s, pad, y, winner, track):
                     for i in range(1, k):
                         _offer_max(y_row, u64(0), hb, u64((yy * s + i) * wq), u64(1), u64(ow))
                 continue
+            # Down the columns over the whole plane at once: position q = yy*s*wq + xx reads
+            # hb[q + i*wq] for row tap i, one long loop per tap (the s - 1 rows between
+            # output rows are computed too and dropped: cheaper than short loops of ow).
+            copy(cb, 0, hb_all, 0, cm)
+            copy(carg, 0, harg_all, 0, cm)
+            for i in range(1, k):
+                ri = u64(i * wq)
+                ik = np.uint8(i * k)
+                for q in range(u64(cm)):
+                    v = hb_all[ri + q]
+                    better = v > cb[q]
+                    cb[q] = v if better else cb[q]
+                    carg[q] = ik + harg_all[ri + q] if better else carg[q]
             for yy in range(oh):
-                y_row, w_row = y_plane[yy], w_plane[yy]
-                r0 = u64(yy * s * wq)
-                for xx in range(u64(ow)):
-                    y_row[xx] = hb[r0 + xx]
-                    w_row[xx] = harg[r0 + xx]
-                for i in range(1, k):
-                    ri = u64((yy * s + i) * wq)
-                    ik = np.uint8(i * k)
-                    for xx in range(u64(ow)):
-                        v = hb[ri + xx]
-                        better = v > y_row[xx]
-                        y_row[xx] = v if better else y_row[xx]
-                        w_row[xx] = ik + harg[ri + xx] if better else w_row[xx]
+                copy(y_plane[yy], 0, cb, yy * s * wq, ow)
+                copy(w_plane[yy], 0, carg, yy * s * wq, ow)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
