@@ -354,6 +354,23 @@ def _no_sync():
     return None
 
 
+def worker_env(framework: str, args, base: dict | None = None) -> dict:
+    """The measured process's environment: ``base`` (default: ours) without the OpenBLAS
+    overrides unless ``--keep-openblas-env``, plus the bench's own settings."""
+    env = dict(os.environ if base is None else base)
+    if not args.keep_openblas_env:
+        for k in OPENBLAS_OVERRIDES:
+            env.pop(k, None)
+    if args.threads:
+        env["GOOGLENET_CPU_THREADS"] = str(args.threads)
+    if args.openblas_coretype and framework == "ours":
+        env["OPENBLAS_CORETYPE"] = args.openblas_coretype
+    if args.cold_numba_cache and framework == "ours":
+        import tempfile
+        env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
+    return env
+
+
 def _run_worker(framework: str, batch: int, args) -> dict:
     cmd = [sys.executable, "-m", "bench.train_throughput", "--worker", framework,
            "--batch-sizes", str(batch), "--device", args.device, "--steps", str(args.steps),
@@ -361,18 +378,9 @@ def _run_worker(framework: str, batch: int, args) -> dict:
            "--num-classes", str(args.num_classes), "--mode", args.mode]
     if args.profile and framework == "ours":
         cmd.append("--profile")
-    env = dict(os.environ)
-    if not args.keep_openblas_env:
-        for k in OPENBLAS_OVERRIDES:
-            env.pop(k, None)
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-        env["GOOGLENET_CPU_THREADS"] = str(args.threads)
-    if args.openblas_coretype and framework == "ours":
-        env["OPENBLAS_CORETYPE"] = args.openblas_coretype
-    if args.cold_numba_cache and framework == "ours":
-        import tempfile
-        env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
+    env = worker_env(framework, args)
     proc = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} worker at batch {batch} failed:\n{proc.stderr[-4000:]}")
@@ -644,9 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "torch.set_num_threads for torch); default: each one's default, all "
                          "cores")
     ap.add_argument("--openblas-coretype", default="", metavar="NAME",
-                    help="run ours with OPENBLAS_CORETYPE=NAME (e.g. SkylakeX: OpenBLAS picks "
-                         "its AVX2 Haswell kernels on AVX-512 CPUs it does not recognise, such "
-                         "as AMD Zen 5); default: unset")
+                    help="run ours with OPENBLAS_CORETYPE=NAME, forcing OpenBLAS's kernels "
+                         "(e.g. Haswell: AVX2); default: unset, OpenBLAS's own choice for "
+                         "the CPU")
     ap.add_argument("--keep-openblas-env", action="store_true",
                     help="keep OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the measured processes' "
                          "environment; default: remove them, as users' processes do not have "

@@ -432,3 +432,27 @@ def test_max_pool_outside_a_graph_skips_the_winners_with_the_same_output():
         full = f.forward(x)
         assert f.winner is not None
         np.testing.assert_array_equal(fast, full)
+
+
+def test_bench_workers_run_in_the_users_default_environment():
+    """The measured processes lose OPENBLAS_CORETYPE/_L2_SIZE unless --keep-openblas-env;
+    the table names the BLAS each framework used."""
+    from bench.train_throughput import build_parser, format_table, worker_env
+    base = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576", "PATH": "/bin"}
+    env = worker_env("ours", build_parser().parse_args([]), base)
+    assert "OPENBLAS_CORETYPE" not in env and "OPENBLAS_L2_SIZE" not in env and env["PATH"]
+    kept = worker_env("ours", build_parser().parse_args(["--keep-openblas-env"]), base)
+    assert kept["OPENBLAS_CORETYPE"] == "Haswell" and kept["OPENBLAS_L2_SIZE"] == "1048576"
+    forced = worker_env("ours", build_parser().parse_args(["--openblas-coretype", "Zen"]), base)
+    assert forced["OPENBLAS_CORETYPE"] == "Zen" and "OPENBLAS_L2_SIZE" not in forced
+    assert worker_env("torch", build_parser().parse_args(["--openblas-coretype", "Zen"]),
+                      base).get("OPENBLAS_CORETYPE") is None
+    table = format_table({
+        "device": "cpu", "machine": {"cores": 2, "cpu": "x"}, "sgemm_gflops": 400.0,
+        "sgemm_gflops_runs": [390.0, 410.0], "results": [],
+        "settings": {"threads": 2, "openblas_coretype": "-", "steps": 1, "rounds": 1,
+                     "warmup": 1, "openblas_env": "removed (user default)"},
+        "blas": {"ours": {"blas": [{"internal_api": "openblas", "version": "0.3.31",
+                                    "architecture": "SkylakeX", "num_threads": 2}]}}})
+    assert "BLAS (ours): openblas 0.3.31 (SkylakeX kernels, 2 threads)" in table
+    assert "removed (user default)" in table and "400 GFLOP/s" in table
