@@ -285,6 +285,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     y3 = y.reshape(n, o, p) if relu else gy3
     direct = kh == kw == 1 and stride == 1 and pad == 0
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
+
     def body(chunks):
         """One run of chunks; returns its (gW, gb) partial sums."""
         gw2 = np.zeros((o, ck), dtype=x.dtype) if need_w else None
