@@ -363,6 +363,8 @@ def worker_env(framework: str, args, base: dict | None = None) -> dict:
             env.pop(k, None)
     if args.threads:
         env["GOOGLENET_CPU_THREADS"] = str(args.threads)
+        if framework == "ours":    # a one-thread pool leaves BLAS its own threads otherwise
+            env["OPENBLAS_NUM_THREADS"] = str(args.threads)
     if args.openblas_coretype and framework == "ours":
         env["OPENBLAS_CORETYPE"] = args.openblas_coretype
     if args.cold_numba_cache and framework == "ours":
@@ -648,9 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also print ours' per-layer forward/backward times of one training "
                          "step (engine.Profiler), per batch size")
     ap.add_argument("--threads", type=int, default=0,
-                    help="threads for both frameworks (GOOGLENET_CPU_THREADS for ours, "
-                         "torch.set_num_threads for torch); default: each one's default, all "
-                         "cores")
+                    help="threads for both frameworks (GOOGLENET_CPU_THREADS and "
+                         "OPENBLAS_NUM_THREADS for ours, torch.set_num_threads for torch); "
+                         "default: each one's default, all cores")
     ap.add_argument("--openblas-coretype", default="", metavar="NAME",
                     help="run ours with OPENBLAS_CORETYPE=NAME, forcing OpenBLAS's kernels "
                          "(e.g. Haswell: AVX2); default: unset, OpenBLAS's own choice for "

@@ -456,3 +456,5 @@ def test_bench_workers_run_in_the_users_default_environment():
                                     "architecture": "SkylakeX", "num_threads": 2}]}}})
     assert "BLAS (ours): openblas 0.3.31 (SkylakeX kernels, 2 threads)" in table
     assert "removed (user default)" in table and "400 GFLOP/s" in table
+    one = worker_env("ours", build_parser().parse_args(["--threads", "1"]), base)
+    assert one["GOOGLENET_CPU_THREADS"] == "1" and one["OPENBLAS_NUM_THREADS"] == "1"
