@@ -22,7 +22,9 @@ step's own working memory is peak - base. Times are medians over ``--steps`` ste
 kernel generation); with ``--rounds R`` the two frameworks alternate R times (ours, torch,
 torch, ours, ...) so that slow phases of a shared machine hit both, and the medians are taken
 over every round's steps. "ratio" is ours / torch in img/s (above 1: ours is faster) and
-torch / ours in memory (above 1: ours uses less). "cores" is the worker's CPU time over wall
+torch / ours in memory (above 1: ours uses less); "rounds" gives each round's own ratio (the
+spread), and "CPU time" the ratio of CPU seconds per step, which a busy machine disturbs far
+less than wall time when each framework runs on one thread (``--threads 1``). "cores" is the worker's CPU time over wall
 time while training: below the thread count, the machine was busy or threads waited. With
 ``--device cuda`` the GPU memory each framework's allocator holds at the end (CuPy's pool,
 PyTorch's reserved bytes) is reported too; host RSS then says little.
@@ -544,6 +546,11 @@ def run(args) -> dict:
                                           o["train_peak_rss_mib"] - o["base_rss_mib"])
                 if o["train_peak_rss_mib"] and t["train_peak_rss_mib"] else None,
             }
+            # Per CPU-second: on one thread, a busy machine's descheduling does not count.
+            for key in ("train", "infer"):
+                oc, tc = o[f"{key}_cpu_s"], t[f"{key}_cpu_s"]
+                row["ratio"][f"{key}_cpu"] = (statistics.median(tc) / statistics.median(oc)
+                                              if oc and tc else None)
             # One ratio per round (each round's own medians): the spread across rounds.
             for key in ("train", "infer"):
                 row["ratio"][f"{key}_per_round"] = [
@@ -601,13 +608,17 @@ def format_table(report: dict) -> str:
                 lines.append(f"{'':>5} {'rounds':<9} train " + " ".join(
                     _fmt(v, 4, 2) for v in r["train_per_round"]) + "; infer " + " ".join(
                     _fmt(v, 4, 2) for v in r["infer_per_round"]))
+            if r.get("train_cpu"):
+                lines.append(f"{'':>5} {'CPU time':<9} train {r['train_cpu']:.2f}x; infer "
+                             f"{r['infer_cpu']:.2f}x (torch / ours CPU seconds per step)")
     for row in report["results"]:
         if "ours" in row and "torch" in row and row["ours"].get("gpu_mib"):
             lines.append(f"{row['batch']:>5} GPU memory held at the end (MiB): ours "
                          f"{row['ours']['gpu_mib']:.0f}, torch {row['torch'].get('gpu_mib', 0):.0f}")
     lines.append("ratio: ours/torch img/s; torch/ours memory (above 1: ours is faster / smaller). "
                  "cores: process CPU time / wall time while training (below the thread count: "
-                 "the machine was busy or threads waited)")
+                 "the machine was busy or threads waited). CPU time: fair on a busy machine "
+                 "with --threads 1; with more threads a waiting thread's spinning counts too")
     return "\n".join(lines)
 
 
