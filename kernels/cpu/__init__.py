@@ -1,6 +1,6 @@
 """CPU kernels in Numba for the loops NumPy runs slowly: im2col/col2im, the convolution's
-bias + ReLU epilogue and ReLU-mask prologue, max pooling with its argmax, average pooling,
-and LRN.
+bias + ReLU epilogue and ReLU-mask prologue, Winograd transforms, max pooling with its
+argmax, average pooling, LRN, and the SGD update.
 
 The layers call these on NumPy arrays and keep their plain NumPy code as the reference path
 (CuPy arrays never come here). Each module ends with the whole-batch functions the layers
@@ -9,9 +9,11 @@ the batch out over the threads. Modules:
 
 * ``conv``      -- the convolution chunk by chunk: im2col / col2im over a chunk of images,
   epilogue and prologue of the GEMMs;
+* ``winograd``  -- Winograd F(2x2, 3x3) transforms, for the 3x3 forward passes where faster;
 * ``pool``      -- max pooling (maximum and winning tap over -inf padded planes; backward by
   scatter, plane by plane) and average pooling;
 * ``lrn``       -- cross-channel LRN forward and backward in one pass each;
+* ``sgd``       -- ``engine.SGD``'s momentum update in one pass per parameter;
 * ``loops``     -- the copy/add/zero loops they share (unsigned indices, so they vectorise);
 * ``parallel``  -- the thread pool: whole images per thread, OpenBLAS on one thread;
 * ``workspace`` -- per-thread buffers reused from call to call instead of reallocated;

@@ -31,6 +31,7 @@ from numba import njit
 
 from .loops import copy, u64
 
+
 def applies(w_shape, stride: int, pad: int) -> bool:
     """3x3 kernels, stride 1, padding 1 ("same")."""
     return tuple(w_shape[2:]) == (3, 3) and stride == 1 and pad == 1
