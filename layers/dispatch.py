@@ -12,8 +12,8 @@ reads. Some ops also have kernels, which take over where they exist:
 
 An op subclasses :class:`KernelFunction`: it defines ``setup`` (checks the inputs, works out
 what every path needs), ``forward_plain``/``backward_plain``, and where it has kernels
-``forward_cpu``/``backward_cpu`` or ``forward_cuda``/``backward_cuda`` (with ``cuda_supports``
-saying which calls the CUDA kernels take). ``forward`` picks the path once, with
+``forward_cpu``/``backward_cpu`` or ``forward_cuda``/``backward_cuda`` (with ``cpu_supports`` and
+``cuda_supports`` saying which calls those kernels take). ``forward`` picks the path once, with
 :func:`choose`; ``backward`` follows the same path.
 
 The choice, in one place (:func:`choose`): the kernel for the input's kind of array when the
@@ -78,7 +78,8 @@ def choose(fn: "KernelFunction", xs) -> str:
         return "plain"
     kind = "cuda" if is_cupy_array(xs[0]) else "cpu"
     runs = hasattr(fn, f"forward_{kind}") and (
-        fn.cuda_supports(*xs) if kind == "cuda" else cpu_kernels_available())
+        fn.cuda_supports(*xs) if kind == "cuda"
+        else cpu_kernels_available() and fn.cpu_supports(*xs))
     if want == "auto":
         return kind if runs else "plain"
     if want != kind or not runs:
@@ -104,7 +105,12 @@ class KernelFunction(Function):
         """The op's non-array settings, for error messages ("stride 1, pad 0")."""
         return ""
 
+    def cpu_supports(self, *xs) -> bool:
+        """Whether ``forward_cpu`` takes these inputs (all, unless an op says otherwise)."""
+        return True
+
     def cuda_supports(self, *xs) -> bool:
+        """Whether ``forward_cuda`` takes these inputs."""
         return False
 
     def forward(self, *xs):

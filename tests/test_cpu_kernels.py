@@ -458,3 +458,17 @@ def test_bench_workers_run_in_the_users_default_environment():
     assert "removed (user default)" in table and "400 GFLOP/s" in table
     one = worker_env("ours", build_parser().parse_args(["--threads", "1"]), base)
     assert one["GOOGLENET_CPU_THREADS"] == "1" and one["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_dispatch_falls_back_to_plain_where_a_kernel_declines():
+    class Declining(L.MaxPool2dFunction):
+        def cpu_supports(self, x):
+            return x.shape[1] != 3
+    x = np.random.default_rng(13).standard_normal((2, 3, 7, 7)).astype(np.float32)
+    f = Declining(3, 2)
+    f.forward(x)
+    assert f.path == "plain"
+    f.forward(x[:, :2])
+    assert f.path == "cpu"
+    with pytest.raises(ValueError, match="impl='cpu' asked for"):
+        Declining(3, 2, impl="cpu").forward(x)
