@@ -22,7 +22,9 @@ step's own working memory is peak - base. Times are medians over ``--steps`` ste
 kernel generation); with ``--rounds R`` the two frameworks alternate R times (ours, torch,
 torch, ours, ...) so that slow phases of a shared machine hit both, and the medians are taken
 over every round's steps. "ratio" is ours / torch in img/s (above 1: ours is faster) and
-torch / ours in memory (above 1: ours uses less). "cores" is the worker's CPU time over wall
+torch / ours in memory (above 1: ours uses less); "rounds" gives each round's own ratio (the
+spread), and "CPU time" the ratio of CPU seconds per step, which a busy machine disturbs far
+less than wall time when each framework runs on one thread (``--threads 1``). "cores" is the worker's CPU time over wall
 time while training: below the thread count, the machine was busy or threads waited. With
 ``--device cuda`` the GPU memory each framework's allocator holds at the end (CuPy's pool,
 PyTorch's reserved bytes) is reported too; host RSS then says little.
@@ -35,11 +37,19 @@ sets both frameworks' thread counts; ``--openblas-coretype`` sets ``OPENBLAS_COR
 ours only (OpenBLAS reads it when NumPy loads it; PyTorch does not use OpenBLAS for these
 layers).
 
+The measured processes run in the user's default environment: ``OPENBLAS_CORETYPE`` and
+``OPENBLAS_L2_SIZE``, which override OpenBLAS's choice of kernels and blocking for its
+detected CPU, are removed from their environment (``--keep-openblas-env`` keeps them). Each
+worker records the BLAS it loaded as threadpoolctl reports it (library, version, the kernel
+"architecture" OpenBLAS chose, threads) and NumPy's SGEMM rate in that same environment; the
+JSON and the printed table carry both.
+
 FLOP counts: a training step costs 2 x (3 x forward MACs - first conv's MACs) per image
 (forward, gradient to the weights, gradient to the inputs, which the first convolution does not
 need): about 9.3 GFLOP; inference 2 x main-path MACs, about 3.2 GFLOP. "%sgemm" divides the
-achieved FLOP rate by NumPy's float32 GEMM rate on 2048 x 2048 matrices, measured in the
-same run by the parent process (NumPy's default BLAS threads and kernels).
+achieved FLOP rate by NumPy's float32 GEMM rate on 2048 x 2048 matrices, measured by each of
+our workers in its own environment before it builds the model (NumPy's default BLAS threads
+and kernels; the median over the workers is reported).
 """
 from __future__ import annotations
 
@@ -64,6 +74,8 @@ if str(_ROOT) not in sys.path:
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 2e-4
 FRAMEWORKS = ("ours", "torch")
+# Set on some machines to steer old OpenBLAS builds; users' processes do not have them.
+OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 # ----------------------------------------------------------------------------- PyTorch peer
@@ -218,11 +230,26 @@ def _time_steps(step, sync, warmup: int, steps: int):
     return times, cpu, first
 
 
+def blas_info() -> list[dict]:
+    """The BLAS libraries this process loaded, as threadpoolctl sees them: library, version,
+    the kernel core type OpenBLAS chose ("architecture") and its thread count."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"internal_api": "unknown (threadpoolctl not installed)"}]
+    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "num_threads",
+            "threading_layer")
+    return [{k: lib[k] for k in keys if k in lib} for lib in threadpool_info()
+            if lib.get("user_api") == "blas"]
+
+
 def _worker_ours(args) -> dict:
     import engine as E
     from engine import SGD, Profiler, no_grad
     from models.googlenet import GoogLeNet, training_loss
 
+    blas = blas_info()      # before the CPU pool holds OpenBLAS at one thread
+    gemm = sgemm_gflops() if args.device == "cpu" else None
     model = GoogLeNet(num_classes=args.num_classes, seed=0)
     xp = np
     sync = _no_sync
@@ -248,7 +275,8 @@ def _worker_ours(args) -> dict:
         loss.backward()
         opt.step()
 
-    out = {"base_rss_mib": base}
+    out = {"base_rss_mib": base, "blas": blas, "sgemm_gflops": gemm,
+           "openblas_env": {k: os.environ.get(k) for k in OPENBLAS_OVERRIDES}}
     _measure(args, model, infer, train, sync, out)
     if args.device == "cuda":
         out["gpu_mib"] = xp.get_default_memory_pool().total_bytes() / 2**20   # held by the pool
@@ -260,6 +288,18 @@ def _worker_ours(args) -> dict:
         out["profile_table"] = prof.table()
         out["profile"] = prof.by_scope()
     return out
+
+
+def _torch_libraries() -> list[dict]:
+    """PyTorch's own CPU libraries (linked into it, so threadpoolctl does not list them)."""
+    import re
+
+    import torch
+    info = torch.__config__.parallel_info()
+    found = {"MKL": re.search(r"Math Kernel Library Version ([\w.]+)", info),
+             "oneDNN": re.search(r"MKL-DNN (v[\w.]+)", info)}
+    return [{"internal_api": name, "version": m.group(1), "num_threads": torch.get_num_threads()}
+            for name, m in found.items() if m]
 
 
 def _worker_torch(args) -> dict:
@@ -298,7 +338,7 @@ def _worker_torch(args) -> dict:
         loss.backward()
         opt.step()
 
-    out = {"base_rss_mib": base, "threads": torch.get_num_threads()}
+    out = {"base_rss_mib": base, "threads": torch.get_num_threads(), "blas": _torch_libraries()}
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
         # An FP32 comparison: PyTorch lets cuDNN convolutions round to TF32 by default (10-bit
@@ -316,6 +356,25 @@ def _no_sync():
     return None
 
 
+def worker_env(framework: str, args, base: dict | None = None) -> dict:
+    """The measured process's environment: ``base`` (default: ours) without the OpenBLAS
+    overrides unless ``--keep-openblas-env``, plus the bench's own settings."""
+    env = dict(os.environ if base is None else base)
+    if not args.keep_openblas_env:
+        for k in OPENBLAS_OVERRIDES:
+            env.pop(k, None)
+    if args.threads:
+        env["GOOGLENET_CPU_THREADS"] = str(args.threads)
+        if framework == "ours":    # a one-thread pool leaves BLAS its own threads otherwise
+            env["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    if args.openblas_coretype and framework == "ours":
+        env["OPENBLAS_CORETYPE"] = args.openblas_coretype
+    if args.cold_numba_cache and framework == "ours":
+        import tempfile
+        env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
+    return env
+
+
 def _run_worker(framework: str, batch: int, args) -> dict:
     cmd = [sys.executable, "-m", "bench.train_throughput", "--worker", framework,
            "--batch-sizes", str(batch), "--device", args.device, "--steps", str(args.steps),
@@ -323,15 +382,9 @@ def _run_worker(framework: str, batch: int, args) -> dict:
            "--num-classes", str(args.num_classes), "--mode", args.mode]
     if args.profile and framework == "ours":
         cmd.append("--profile")
-    env = dict(os.environ)
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-        env["GOOGLENET_CPU_THREADS"] = str(args.threads)
-    if args.openblas_coretype and framework == "ours":
-        env["OPENBLAS_CORETYPE"] = args.openblas_coretype
-    if args.cold_numba_cache and framework == "ours":
-        import tempfile
-        env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
+    env = worker_env(framework, args)
     proc = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} worker at batch {batch} failed:\n{proc.stderr[-4000:]}")
@@ -414,7 +467,6 @@ def run(args) -> dict:
         frameworks = [f for f in frameworks if f != "torch"]
     batches = [int(b) for b in args.batch_sizes.split(",") if b]
     train_flops, infer_flops = step_flops(args.image_size, args.num_classes)
-    gemm = sgemm_gflops()
     report = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": "python -m bench.train_throughput " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -426,15 +478,17 @@ def run(args) -> dict:
         "settings": {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
                      "image_size": args.image_size, "num_classes": args.num_classes,
                      "mode": args.mode, "threads": args.threads or "default",
-                     "openblas_coretype": args.openblas_coretype or "default"},
-        "sgemm_gflops": gemm,
+                     "openblas_coretype": args.openblas_coretype or "default",
+                     "openblas_env": ("kept: " + ", ".join(f"{k}={os.environ[k]}" for k in
+                                                           OPENBLAS_OVERRIDES if k in os.environ))
+                     if args.keep_openblas_env else "removed (user default)"},
         "train_gflop_per_image": train_flops / 1e9,
         "infer_gflop_per_image": infer_flops / 1e9,
         "results": [],
     }
-    print(f"SGEMM (NumPy, 2048^2 float32): {gemm:.0f} GFLOP/s; training step "
-          f"{train_flops / 1e9:.2f} GFLOP/image, inference {infer_flops / 1e9:.2f} GFLOP/image")
-    profiles = {}
+    print(f"training step {train_flops / 1e9:.2f} GFLOP/image, inference "
+          f"{infer_flops / 1e9:.2f} GFLOP/image")
+    profiles, gemms = {}, []
     for batch in batches:
         runs = {f: [] for f in frameworks}
         for r in range(args.rounds):
@@ -443,11 +497,19 @@ def run(args) -> dict:
                 t0 = time.perf_counter()
                 res = _run_worker(f, batch, args)
                 runs[f].append(res)
+                if res.get("sgemm_gflops"):
+                    gemms.append(res["sgemm_gflops"])
+                for key in ("blas", "openblas_env"):
+                    if key in res:
+                        report.setdefault("blas", {}).setdefault(f, {})[key] = res[key]
                 print(f"  batch {batch} round {r + 1}: {f} done in {time.perf_counter() - t0:.0f} s",
                       file=sys.stderr)
                 if "profile_table" in res and batch not in profiles:
                     profiles[batch] = res
         row = {"batch": batch}
+        gemm = statistics.median(gemms) if gemms else None
+        report["sgemm_gflops"] = gemm
+        report["sgemm_gflops_runs"] = gemms
         for f in frameworks:
             rr = runs[f]
             row[f] = {
@@ -469,9 +531,9 @@ def run(args) -> dict:
             for k in ("gpu_mib", "threads"):
                 if k in rr[0]:
                     row[f][k] = rr[0][k]
-            if row[f]["train_img_s"]:
+            if row[f]["train_img_s"] and gemm:
                 row[f]["train_pct_sgemm"] = 100 * row[f]["train_img_s"] * train_flops / 1e9 / gemm
-            if row[f]["infer_img_s"]:
+            if row[f]["infer_img_s"] and gemm:
                 row[f]["infer_pct_sgemm"] = 100 * row[f]["infer_img_s"] * infer_flops / 1e9 / gemm
         if "ours" in row and "torch" in row:
             o, t = row["ours"], row["torch"]
@@ -484,6 +546,16 @@ def run(args) -> dict:
                                           o["train_peak_rss_mib"] - o["base_rss_mib"])
                 if o["train_peak_rss_mib"] and t["train_peak_rss_mib"] else None,
             }
+            # Per CPU-second: on one thread, a busy machine's descheduling does not count.
+            for key in ("train", "infer"):
+                oc, tc = o[f"{key}_cpu_s"], t[f"{key}_cpu_s"]
+                row["ratio"][f"{key}_cpu"] = (statistics.median(tc) / statistics.median(oc)
+                                              if oc and tc else None)
+            # One ratio per round (each round's own medians): the spread across rounds.
+            for key in ("train", "infer"):
+                row["ratio"][f"{key}_per_round"] = [
+                    _div(_summarise([a], batch, key), _summarise([b], batch, key))
+                    for a, b in zip(runs["ours"], runs["torch"])]
         report["results"].append(row)
     report["machine"]["loadavg_end"] = list(os.getloadavg())
     for batch, res in profiles.items():
@@ -504,8 +576,17 @@ def format_table(report: dict) -> str:
     lines = [f"device {report['device']}, {report['machine']['cores']} cores ({report['machine']['cpu']}); "
              f"threads {st['threads']}, OPENBLAS_CORETYPE for ours {st['openblas_coretype']}; "
              f"medians of {st['steps']} steps x {st['rounds']} round(s) after {st['warmup']} warm-up",
-             f"{'batch':>5} {'framework':<9} {'train img/s':>11} {'%sgemm':>7} {'cores':>5} "
-             f"{'infer img/s':>11} {'%sgemm':>7} {'peak RSS MiB':>12} {'base MiB':>9} {'step MiB':>9}"]
+             f"environment: OpenBLAS overrides {st.get('openblas_env', '-')}"]
+    for f, info in report.get("blas", {}).items():
+        libs = "; ".join(_blas_text(lib) for lib in info.get("blas", [])) or "none found"
+        lines.append(f"BLAS ({f}): {libs}")
+    if report.get("sgemm_gflops"):
+        lines.append(f"SGEMM (NumPy, 2048^2 float32, in our workers' environment): "
+                     f"{report['sgemm_gflops']:.0f} GFLOP/s median of "
+                     f"{', '.join(f'{g:.0f}' for g in report.get('sgemm_gflops_runs', []))}")
+    lines.append(f"{'batch':>5} {'framework':<9} {'train img/s':>11} {'%sgemm':>7} {'cores':>5} "
+                 f"{'infer img/s':>11} {'%sgemm':>7} {'peak RSS MiB':>12} {'base MiB':>9} "
+                 f"{'step MiB':>9}")
     for row in report["results"]:
         for f in FRAMEWORKS:
             if f not in row:
@@ -523,14 +604,31 @@ def format_table(report: dict) -> str:
             lines.append(f"{row['batch']:>5} {'ratio':<9} {_fmt(r['train'], 10, 2)}x {'':>7} {'':>5} "
                          f"{_fmt(r['infer'], 10, 2)}x {'':>7} {_fmt(r['train_peak_rss'], 11, 2)}x "
                          f"{'':>9} {_fmt(r['train_step_memory'], 8, 2)}x")
+            if len(r.get("train_per_round", [])) > 1:
+                lines.append(f"{'':>5} {'rounds':<9} train " + " ".join(
+                    _fmt(v, 4, 2) for v in r["train_per_round"]) + "; infer " + " ".join(
+                    _fmt(v, 4, 2) for v in r["infer_per_round"]))
+            if r.get("train_cpu"):
+                lines.append(f"{'':>5} {'CPU time':<9} train {r['train_cpu']:.2f}x; infer "
+                             f"{r['infer_cpu']:.2f}x (torch / ours CPU seconds per step)")
     for row in report["results"]:
         if "ours" in row and "torch" in row and row["ours"].get("gpu_mib"):
             lines.append(f"{row['batch']:>5} GPU memory held at the end (MiB): ours "
                          f"{row['ours']['gpu_mib']:.0f}, torch {row['torch'].get('gpu_mib', 0):.0f}")
     lines.append("ratio: ours/torch img/s; torch/ours memory (above 1: ours is faster / smaller). "
                  "cores: process CPU time / wall time while training (below the thread count: "
-                 "the machine was busy or threads waited)")
+                 "the machine was busy or threads waited). CPU time: fair on a busy machine "
+                 "with --threads 1; with more threads a waiting thread's spinning counts too")
     return "\n".join(lines)
+
+
+def _blas_text(lib: dict) -> str:
+    """'openblas 0.3.31 (SkylakeX kernels, 2 threads)' from a threadpoolctl record."""
+    extra = [f"{lib['architecture']} kernels"] if lib.get("architecture") else []
+    if lib.get("num_threads") is not None:
+        extra.append(f"{lib['num_threads']} threads")
+    return (f"{lib.get('internal_api', '?')} {lib.get('version') or ''}".strip()
+            + (f" ({', '.join(extra)})" if extra else ""))
 
 
 def _fmt(v, width, digits):
@@ -563,13 +661,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also print ours' per-layer forward/backward times of one training "
                          "step (engine.Profiler), per batch size")
     ap.add_argument("--threads", type=int, default=0,
-                    help="threads for both frameworks (GOOGLENET_CPU_THREADS for ours, "
-                         "torch.set_num_threads for torch); default: each one's default, all "
-                         "cores")
+                    help="threads for both frameworks (GOOGLENET_CPU_THREADS and "
+                         "OPENBLAS_NUM_THREADS for ours, torch.set_num_threads for torch); "
+                         "default: each one's default, all cores")
     ap.add_argument("--openblas-coretype", default="", metavar="NAME",
-                    help="run ours with OPENBLAS_CORETYPE=NAME (e.g. SkylakeX: OpenBLAS picks "
-                         "its AVX2 Haswell kernels on AVX-512 CPUs it does not recognise, such "
-                         "as AMD Zen 5); default: unset")
+                    help="run ours with OPENBLAS_CORETYPE=NAME, forcing OpenBLAS's kernels "
+                         "(e.g. Haswell: AVX2); default: unset, OpenBLAS's own choice for "
+                         "the CPU")
+    ap.add_argument("--keep-openblas-env", action="store_true",
+                    help="keep OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the measured processes' "
+                         "environment; default: remove them, as users' processes do not have "
+                         "them")
     ap.add_argument("--cold-numba-cache", action="store_true",
                     help="run ours with an empty Numba cache, so the first step includes "
                          "compiling every kernel (reported as the first-step time)")

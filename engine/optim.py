@@ -18,6 +18,15 @@ import numpy as np
 from . import backend
 
 
+def _fusable(w, g) -> bool:
+    """Whether ``kernels.cpu.sgd`` can update this parameter (NumPy, Numba importable)."""
+    from kernels import cpu
+    if not cpu.available():
+        return False
+    from kernels.cpu import sgd
+    return sgd.fusable(w, g)
+
+
 class SGD:
     """``SGD(params, lr, momentum=0, weight_decay=0, nesterov=False)``.
 
@@ -58,16 +67,25 @@ class SGD:
             p.grad = None
 
     def step(self) -> None:
-        i = 0
+        i, fused = 0, []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(i, p, group)
+                    self._update(i, p, group, fused)
                 i += 1
+        if fused:   # NumPy parameters: the same update in one pass each, on all cores
+            from kernels.cpu import sgd
+            sgd.update(fused, self.momentum, self.nesterov)
 
-    def _update(self, i, p, group):
+    def _update(self, i, p, group, fused):
         lr = self.lr * group["lr_mult"] * getattr(p, "lr_mult", 1.0)
         wd = self.weight_decay * group["decay_mult"] * getattr(p, "decay_mult", 1.0)
+        if self.momentum and _fusable(p.data, p.grad):
+            first = self.velocity[i] is None
+            if first:
+                self.velocity[i] = np.empty_like(p.data)
+            fused.append((p.data, p.grad, self.velocity[i], lr, wd, first))
+            return
         d = p.grad if wd == 0 else p.grad + wd * p.data
         if self.momentum:
             v = self.velocity[i]

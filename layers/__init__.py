@@ -6,8 +6,9 @@ residual join).
 Functional forms take Tensors (or arrays, treated as constants) and return a
 Tensor; modules hold parameters and call them. Read ``conv.py`` and
 ``im2col.py`` first, then ``pooling.py``, ``lrn.py``, and the small ones.
+``dispatch.py`` says how an op picks its plain code or a CPU/CUDA kernel.
 """
-from . import caffe
+from . import caffe, dispatch
 from .activation import DropoutFunction, ReLUFunction, dropout, relu
 from .concat import ConcatFunction, concat
 from .conv import Conv2dFunction, conv2d
@@ -28,7 +29,7 @@ from .subsample import Subsample2d, SubsampleFunction, subsample
 from .tanh import Tanh, TanhFunction, scaled_tanh, tanh
 
 __all__ = [
-    "caffe", "conv2d", "max_pool2d", "avg_pool2d", "lrn", "concat", "relu", "linear", "dropout",
+    "caffe", "dispatch", "conv2d", "max_pool2d", "avg_pool2d", "lrn", "concat", "relu", "linear", "dropout",
     "flatten", "softmax", "log_softmax", "softmax_cross_entropy", "im2col", "col2im",
     "Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "LRN", "ReLU", "Dropout", "Flatten", "Concat",
     "Conv2dFunction", "MaxPool2dFunction", "AvgPool2dFunction", "LRNFunction", "ReLUFunction",

@@ -15,69 +15,34 @@ With ``col = im2col(x)`` (C*kh*kw, N*OH*OW) and ``W = w.reshape(O, -1)``:
 A 1x1 stride-1 unpadded convolution needs no im2col: ``x[n]`` viewed as
 (C, H*W) already is ``col`` for image n (39 of GoogLeNet's 59 convolutions).
 
-On CuPy arrays, the stride-1 "same" 1x1/3x3/5x5 float32 convolutions go to the
-custom CUDA kernels of ``kernels.conv_cuda`` when it supports the shape; the
-environment variable ``GOOGLENET_CONV_IMPL`` (or the ``impl`` argument) forces
-"custom" or "im2col", and "auto" is the default.
-
-On NumPy arrays, when ``kernels.cpu`` is enabled (the default; ``GOOGLENET_CPU_KERNELS=0``
-or ``impl="im2col"`` gives the plain path above), the convolution runs chunk by chunk
-(:meth:`Conv2dFunction._forward_cpu`), the chunks shared among threads
-(``kernels.cpu.parallel``): ``g`` images at a time, so that one GEMM has at least
-``COLUMNS_PER_GEMM`` columns (1x1: one image, ``x[n]`` itself), with
-
-    col_c = im2col(x[n0:n0+g])            (C*kh*kw, g*OH*OW), a reused workspace
-    Y_c   = W @ col_c                     (O, g*OH*OW); with g = 1 straight into y[n0]
-    y[n0:n0+g] = relu(Y_c + b)            one Numba pass: bias, ReLU, (O, g, P) -> (g, O, P)
-
-and backward likewise per chunk (ReLU mask and gather, gW += gY_c @ col_c.T,
-gx[chunk] = col2im(W.T @ gY_c)). No batch-sized column matrix is ever built: the columns
-of a chunk stay in cache between im2col and the GEMM, and the workspaces are reused.
+Paths (chosen by ``layers.dispatch``): the plain one above over NumPy or CuPy; on NumPy
+arrays the Numba kernels of ``kernels.cpu.conv``, which run the same maths chunk by chunk of
+images on all cores without a batch-sized column matrix; on CuPy arrays, for the stride-1
+"same" 1x1/3x3/5x5 float32 convolutions, the custom CUDA kernels of ``kernels.conv_cuda``.
+``impl`` ("plain", "cpu", "cuda") asks one call for one path.
 """
 from __future__ import annotations
 
-import os
-
-import numpy as np
-
-import kernels.cpu as cpu_kernels
-from engine.backend import get_array_module, is_cupy_array
-from engine.tensor import Function, Tensor
+from engine.backend import get_array_module
+from engine.tensor import Tensor
 
 from ._check import check_float, check_rank
+from .dispatch import KernelFunction
 from .im2col import col2im, conv_out_size, im2col
 
-IMPLS = ("auto", "custom", "im2col")
-# CPU chunking: images per GEMM so that it has at least this many columns (output pixels).
-# Larger GEMMs run closer to BLAS's peak; smaller chunks keep the columns in cache.
-COLUMNS_PER_GEMM = 1024
 
-
-def _select_impl(impl, x, w, stride, pad) -> str:
-    """'custom' when the CUDA kernels should run this convolution, 'cpu' for the Numba
-    kernels on NumPy arrays, else 'im2col' (the plain path)."""
-    impl = impl or os.environ.get("GOOGLENET_CONV_IMPL", "auto")
-    if impl not in IMPLS:
-        raise ValueError(f"conv2d: impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "im2col":
-        return "im2col"
-    if not is_cupy_array(x):
-        return "cpu" if cpu_kernels.enabled() else "im2col"
-    from kernels import conv_cuda
-    ok = x.dtype == "float32" and conv_cuda.supports(x.shape, w.shape, stride, pad)
-    if impl == "custom" and not ok:
-        raise ValueError(f"conv2d: the custom CUDA kernels do not support x {tuple(x.shape)}, "
-                         f"w {tuple(w.shape)}, stride {stride}, pad {pad}, dtype {x.dtype}")
-    return "custom" if ok else "im2col"
-
-
-class Conv2dFunction(Function):
+class Conv2dFunction(KernelFunction):
     """Convolution with optional bias and fused ReLU (``relu=True`` applies max(0, .))."""
+
+    op = "conv2d"
 
     def __init__(self, stride: int = 1, pad: int = 0, relu: bool = False, impl: str | None = None):
         self.stride, self.pad, self.relu, self.impl = int(stride), int(pad), relu, impl
 
-    def _validate(self, x, w, b):
+    def settings(self) -> str:
+        return f"stride {self.stride}, pad {self.pad}"
+
+    def setup(self, x, w, b=None):
         op = "conv2d"
         check_rank(op, "x", x, 4, "N, C, H, W")
         check_rank(op, "w", w, 4, "out, in, kh, kw")
@@ -96,22 +61,15 @@ class Conv2dFunction(Function):
                              f"input {h}x{wd} (x {tuple(x.shape)}, pad {self.pad})")
 
     def forward(self, x, w, b=None):
-        self._validate(x, w, b)
-        xp = get_array_module(x)
-        self.impl = _select_impl(self.impl, x, w, self.stride, self.pad)
         self.x, self.w, self.has_bias = x, w, b is not None
-        if self.impl == "custom":
-            from kernels import conv_cuda
-            y = conv_cuda.conv_forward(x, w, b, relu=self.relu)
-        elif self.impl == "cpu":
-            y = self._forward_cpu(x, w, b)
-        else:
-            y = self._forward_gemm(xp, x, w, b)
+        y = super().forward(x, w) if b is None else super().forward(x, w, b)
         if self.relu:
             self.y = y  # the ReLU mask is y > 0; y is the next layer's input anyway
         return y
 
-    def _forward_gemm(self, xp, x, w, b):
+    # ------------------------------------------------ plain: im2col + GEMM over xp
+    def forward_plain(self, x, w, b=None):
+        xp = get_array_module(x)
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
         w2 = w.reshape(o, -1)
@@ -136,24 +94,20 @@ class Conv2dFunction(Function):
     def is_pointwise(self, w) -> bool:
         return w.shape[2] == w.shape[3] == 1 and self.stride == 1 and self.pad == 0
 
-    def backward(self, gy):
-        x, w = self.x, self.w
-        if self.impl == "cpu":
-            return self._backward_cpu(gy, x, w)
-        xp = get_array_module(gy)
+    def _masked(self, gy):
+        """gy times the ReLU's derivative, and the bias gradient (or None)."""
         if self.relu:
             gy = gy * (self.y > 0)
-        need_x, need_w = self.needs_grad[0], self.needs_grad[1]
         gb = gy.sum(axis=(0, 2, 3)) if self.has_bias and self.needs_grad[2] else None
-        if self.impl == "custom":
-            from kernels import conv_cuda
-            gx = conv_cuda.conv_backward_data(gy, w) if need_x else None
-            gw = conv_cuda.conv_backward_weight(x, gy, w.shape[2]) if need_w else None
-        else:
-            gx, gw = self._backward_gemm(xp, gy, x, w, need_x, need_w)
+        return gy, gb
+
+    def _grads(self, gx, gw, gb):
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
-    def _backward_gemm(self, xp, gy, x, w, need_x, need_w):
+    def backward_plain(self, gy):
+        gy, gb = self._masked(gy)
+        xp, x, w = get_array_module(gy), self.x, self.w
+        need_x, need_w = self.needs_grad[0], self.needs_grad[1]
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
         w2 = w.reshape(o, -1)
@@ -170,115 +124,45 @@ class Conv2dFunction(Function):
                 gw = gy2 @ im2col(x, kh, kw, self.stride, self.pad).T
             if need_x:
                 gx = col2im(w2.T @ gy2, x.shape, kh, kw, self.stride, self.pad)
-        return gx, (gw.reshape(w.shape) if gw is not None else None)
+        return self._grads(gx, gw.reshape(w.shape) if gw is not None else None, gb)
 
-    # ------------------------------------------------ CPU: Numba kernels, chunks of images
-    def _chunk(self, n, p, pointwise) -> int:
-        """Images per GEMM: enough for COLUMNS_PER_GEMM columns, while leaving at least two
-        chunks per thread to share out. A 1x1 convolution takes one image at a time down to
-        7x7 maps: its GEMM then reads x[n] in place, and gathering several images would cost
-        more than the slightly larger GEMM gains (single-threaded OpenBLAS runs these shapes
-        within 10% of its peak)."""
-        from kernels.cpu import parallel
-        if pointwise and p >= 49:
-            return 1
-        return max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // (2 * parallel.threads()))))
+    # ------------------------------------------------ cpu: kernels.cpu.conv
+    def forward_cpu(self, x, w, b=None):
+        from kernels.cpu import conv
+        return conv.conv2d(x, w, b, self.stride, self.pad, self.relu)
 
-    def _forward_cpu(self, x, w, b):
-        """Per chunk of g images: col (C*kh*kw, g*P) = im2col, Y (O, g*P) = W @ col,
-        y[chunk] (g, O, OH, OW) = relu(Y + b). Chunks run on the thread pool."""
-        from kernels.cpu import conv as K
-        from kernels.cpu import parallel, workspace
-        n, c, h, wd = x.shape
-        o, _, kh, kw = w.shape
-        s, pad = self.stride, self.pad
-        oh, ow = conv_out_size(h, kh, s, pad), conv_out_size(wd, kw, s, pad)
-        p, ck = oh * ow, c * kh * kw
-        w2 = np.ascontiguousarray(w.reshape(o, ck))
-        y = np.empty((n, o, oh, ow), dtype=x.dtype)
-        y3 = y.reshape(n, o, p)
-        bias = b if b is not None else w2[:, 0]   # unused when there is no bias
-        direct = self.is_pointwise(w)            # x[n] is already image n's column matrix
-
-        def body(chunks):
-            for n0, g in chunks:
-                if direct and g == 1:
-                    col = x[n0].reshape(c, p)
-                else:
-                    col = workspace.get("col", (ck, g * p), x.dtype)
-                    K.im2col(x, n0, kh, kw, s, pad, oh, ow, col)
-                out = y3[n0] if g == 1 else workspace.get("gemm", (o, g * p), x.dtype)
-                np.matmul(w2, col, out=out)
-                K.epilogue(out, bias, b is not None, self.relu, y3, n0)
-
-        parallel.run(body, parallel.chunks(n, self._chunk(n, p, direct)), blas=True)
-        return y
-
-    def _backward_cpu(self, gy, x, w):
-        """Per chunk: gY (O, g*P) = gy[chunk] * (y > 0), gb += row sums of gY,
-        gW += gY @ im2col(x[chunk]).T, gx[chunk] = col2im(W.T @ gY). Each run of chunks
-        returns partial gW and gb, added in run order."""
-        from kernels.cpu import conv as K
-        from kernels.cpu import parallel, workspace
-        need_x, need_w = self.needs_grad[0], self.needs_grad[1]
+    def backward_cpu(self, gy):
+        from kernels.cpu import conv
         need_b = self.has_bias and self.needs_grad[2]
-        n, c, h, wd = x.shape
-        o, _, kh, kw = w.shape
-        s, pad = self.stride, self.pad
-        oh, ow = gy.shape[2:]
-        p, ck = oh * ow, c * kh * kw
-        w2t = np.ascontiguousarray(w.reshape(o, ck)).T
-        gy3 = gy.reshape(n, o, p)
-        y3 = self.y.reshape(n, o, p) if self.relu else gy3
-        direct = self.is_pointwise(w)
-        gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
+        return self._grads(*conv.conv2d_backward(
+            gy, self.x, self.w, self.y if self.relu else None, self.stride, self.pad, self.relu,
+            self.needs_grad[0], self.needs_grad[1], need_b))
 
-        def body(chunks):
-            """One run of chunks; returns its (gW, gb) partial sums."""
-            gw2 = np.zeros((o, ck), dtype=x.dtype) if need_w else None
-            gb = np.zeros(o, dtype=np.float64) if need_b else None
-            for n0, g in chunks:
-                gyc = workspace.get("gy", (o, g * p), x.dtype)
-                K.prologue(gy3, y3, self.relu, n0, gyc)       # ReLU mask, (g, O, P) -> (O, g*P)
-                if need_b:
-                    gb += gyc.sum(axis=1)
-                if need_w:
-                    if direct and g == 1:
-                        col = x[n0].reshape(c, p)
-                    else:
-                        col = workspace.get("col", (ck, g * p), x.dtype)
-                        K.im2col(x, n0, kh, kw, s, pad, oh, ow, col)
-                    part = workspace.get("gw", (o, ck), x.dtype)
-                    np.matmul(gyc, col.T, out=part)
-                    gw2 += part
-                if need_x:
-                    if direct and g == 1:
-                        np.matmul(w2t, gyc, out=gx[n0].reshape(c, p))
-                        continue
-                    gcol = workspace.get("gcol", (ck, g * p), x.dtype)
-                    np.matmul(w2t, gyc, out=gcol)
-                    if direct:
-                        K.epilogue(gcol, gcol[:, 0], False, False, gx.reshape(n, c, p), n0)
-                    else:
-                        K.col2im(gcol, n0, kh, kw, s, pad, oh, ow, gx)
-            return gw2, gb
+    # ------------------------------------------------ cuda: kernels.conv_cuda
+    def cuda_supports(self, x, w, b=None) -> bool:
+        from kernels import conv_cuda
+        return x.dtype == "float32" and conv_cuda.supports(x.shape, w.shape, self.stride, self.pad)
 
-        parts = parallel.run(body, parallel.chunks(n, self._chunk(n, p, direct)), blas=True)
-        gw, gb = parts[0]
-        for gw_part, gb_part in parts[1:]:    # fixed order, whichever thread ran which run
-            if need_w:
-                gw += gw_part
-            if need_b:
-                gb += gb_part
-        gw = gw.reshape(w.shape) if need_w else None
-        gb = gb.astype(x.dtype) if need_b else None
-        return (gx, gw, gb) if self.has_bias else (gx, gw)
+    def forward_cuda(self, x, w, b=None):
+        from kernels import conv_cuda
+        return conv_cuda.conv_forward(x, w, b, relu=self.relu)
+
+    def backward_cuda(self, gy):
+        from kernels import conv_cuda
+        gy, gb = self._masked(gy)
+        gx = conv_cuda.conv_backward_data(gy, self.w) if self.needs_grad[0] else None
+        gw = (conv_cuda.conv_backward_weight(self.x, gy, self.w.shape[2])
+              if self.needs_grad[1] else None)
+        return self._grads(gx, gw, gb)
 
 
 def conv2d(x, w, b=None, stride: int = 1, pad: int = 0, relu: bool = False,
            impl: str | None = None, groups: int = 1) -> Tensor:
     """Convolve ``x`` (N, C, H, W) with ``w`` (O, C/groups, kh, kw), add ``b`` (O,), optionally
-    ReLU. ``groups > 1``: see :mod:`layers.grouped_conv`."""
+    ReLU. ``groups > 1``: see :mod:`layers.grouped_conv`.
+
+    ``impl``: None takes the path ``layers.dispatch`` chooses; "plain", "cpu" or "cuda"
+    insists on one (an error when it cannot run this call)."""
     if groups == 1:
         f = Conv2dFunction(stride, pad, relu, impl)
     else:

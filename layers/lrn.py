@@ -11,19 +11,19 @@ Backward (the window is symmetric, so "c' whose window holds c" is window(c))::
     gx[c] = gy[c] * scale[c] ** -beta
             - 2 alpha beta / n * x[c] * sum_{c' in window(c)} gy[c'] y[c'] / scale[c']
 
-On NumPy arrays, when ``kernels.cpu`` is enabled, forward and backward are one Numba pass
-each (``kernels.cpu.lrn``), which keeps only ``x`` and recomputes the scale in backward.
+That is the plain path (NumPy or CuPy). On NumPy arrays ``layers.dispatch`` normally picks
+the Numba kernels of ``kernels.cpu.lrn`` instead: forward and backward one pass each, keeping
+only ``x`` and recomputing the scale in backward.
 """
 from __future__ import annotations
 
 import numpy as np
 
-import kernels.cpu as cpu_kernels
-from engine.backend import is_cupy_array
-from engine.tensor import Function, Tensor
+from engine.tensor import Tensor
 
 from . import caffe
 from ._check import check_float, check_rank
+from .dispatch import KernelFunction
 
 
 def window_sum(a, size: int):
@@ -42,27 +42,21 @@ def window_sum(a, size: int):
     return out
 
 
-class LRNFunction(Function):
+class LRNFunction(KernelFunction):
+    op = "lrn"
+
     def __init__(self, size=caffe.LRN_SIZE, alpha=caffe.LRN_ALPHA, beta=caffe.LRN_BETA,
-                 k=caffe.LRN_K):
+                 k=caffe.LRN_K, impl: str | None = None):
         if size < 1 or size % 2 == 0:
             raise ValueError(f"lrn: size must be a positive odd number (as in Caffe), got {size}")
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self.impl = impl
 
-    def forward(self, x):
+    def setup(self, x):
         check_rank("lrn", "x", x, 4, "N, C, H, W")
         check_float("lrn", x=x)
-        self.fused = not is_cupy_array(x) and cpu_kernels.enabled()
-        if self.fused:
-            from kernels.cpu import lrn as K
-            from kernels.cpu import parallel
-            n, c, h, w = x.shape
-            self.x = x = np.ascontiguousarray(x)
-            y = np.empty((n, c, h, w), dtype=x.dtype)
-            x3, y3 = x.reshape(n, c, h * w), y.reshape(n, c, h * w)
-            consts = K.constants(x.dtype, self.size, self.alpha, self.beta, self.k)
-            parallel.over_images(n, lambda i: K.lrn_forward(x3[i], self.size, *consts, y3[i]))
-            return y
+
+    def forward_plain(self, x):
         scale = window_sum(x * x, self.size)
         scale *= self.alpha / self.size
         scale += self.k
@@ -70,26 +64,25 @@ class LRNFunction(Function):
         self.x, self.scale = x, scale
         return y
 
-    def backward(self, gy):
-        if self.fused:
-            from kernels.cpu import lrn as K
-            from kernels.cpu import parallel
-            n, c, h, w = self.x.shape
-            gx = np.empty((n, c, h, w), dtype=gy.dtype)
-            x3, gx3 = self.x.reshape(n, c, h * w), gx.reshape(n, c, h * w)
-            gy3 = np.ascontiguousarray(gy).reshape(n, c, h * w)
-            consts = K.constants(gy.dtype, self.size, self.alpha, self.beta, self.k)
-            parallel.over_images(n, lambda i: K.lrn_backward(x3[i], gy3[i], self.size, *consts,
-                                                             gx3[i]))
-            return gx
+    def backward_plain(self, gy):
         x, scale = self.x, self.scale
         pow_ = scale ** -self.beta
         y = x * pow_
         inner = window_sum(gy * y / scale, self.size)
         return gy * pow_ - (2.0 * self.alpha * self.beta / self.size) * x * inner
 
+    def forward_cpu(self, x):
+        from kernels.cpu import lrn
+        self.x = x = np.ascontiguousarray(x)
+        return lrn.lrn(x, self.size, self.alpha, self.beta, self.k)
+
+    def backward_cpu(self, gy):
+        from kernels.cpu import lrn
+        return lrn.lrn_backward(self.x, gy, self.size, self.alpha, self.beta, self.k)
+
 
 def lrn(x, size: int = caffe.LRN_SIZE, alpha: float = caffe.LRN_ALPHA,
-        beta: float = caffe.LRN_BETA, k: float = caffe.LRN_K) -> Tensor:
-    """Cross-channel LRN with Caffe's alpha / n (defaults: GoogLeNet's 5, 1e-4, 0.75, 1)."""
-    return LRNFunction(size, alpha, beta, k)(x)
+        beta: float = caffe.LRN_BETA, k: float = caffe.LRN_K, impl: str | None = None) -> Tensor:
+    """Cross-channel LRN with Caffe's alpha / n (defaults: GoogLeNet's 5, 1e-4, 0.75, 1).
+    ``impl``: see ``layers.dispatch``."""
+    return LRNFunction(size, alpha, beta, k, impl)(x)

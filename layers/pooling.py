@@ -12,21 +12,19 @@ padded input covering every output pixel (see ``im2col.tap_slice``).
   counted, ceil-mode overflow not: ``caffe.avg_pool_divisors``); backward
   spreads ``gy / divisor`` over every tap.
 
-On NumPy arrays both run as Numba kernels (``kernels.cpu.pool``) when ``kernels.cpu`` is
-enabled: max pooling's maximum and winning tap over -inf padded planes and a backward that
-scatters ``gy`` to the winners plane by plane; average pooling window by window. Same
-winners, same maths; the tap loops above stay as the reference and the CuPy path.
+That is the plain path (NumPy or CuPy). On NumPy arrays ``layers.dispatch`` normally picks
+the Numba kernels of ``kernels.cpu.pool`` instead: max pooling's maximum and winning tap over
+-inf padded planes and a backward that scatters ``gy`` to the winners plane by plane;
+average pooling window by window. Same winners, same maths.
 """
 from __future__ import annotations
 
-import numpy as np
-
-import kernels.cpu as cpu_kernels
-from engine.backend import get_array_module, is_cupy_array
-from engine.tensor import Function, Tensor
+from engine.backend import get_array_module
+from engine.tensor import Tensor
 
 from . import caffe
 from ._check import check_float, check_rank
+from .dispatch import KernelFunction
 from .im2col import pad_hw, tap_slice
 
 
@@ -52,12 +50,21 @@ def _geometry(op, x, k, s, pad, ceil_mode):
     return oh, ow, extra_h, extra_w
 
 
-class _Pool2dFunction(Function):
-    """What max and average pooling share: the window settings, and the backward
-    scatter of a per-tap gradient onto the input pixels that tap read."""
+class _Pool2dFunction(KernelFunction):
+    """What max and average pooling share: the window settings and geometry, and the
+    backward scatter of a per-tap gradient onto the input pixels that tap read."""
 
-    def __init__(self, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True):
+    def __init__(self, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True,
+                 impl: str | None = None):
         self.k, self.s, self.pad, self.ceil_mode = int(ksize), int(stride), int(pad), ceil_mode
+        self.impl = impl
+
+    def settings(self) -> str:
+        return f"ksize {self.k}, stride {self.s}, pad {self.pad}"
+
+    def setup(self, x):
+        oh, ow, eh, ew = _geometry(self.op, x, self.k, self.s, self.pad, self.ceil_mode)
+        self.x_shape, self.out_hw, self.pad_extra = x.shape, (oh, ow), (eh, ew)
 
     def _spread(self, xp, tap_grad, oh, ow, dtype):
         """gx = sum over taps t of ``tap_grad(t)`` (N, C, OH, OW), each added at the strided
@@ -72,21 +79,12 @@ class _Pool2dFunction(Function):
 
 
 class MaxPool2dFunction(_Pool2dFunction):
+    op = "max_pool2d"
 
-    def forward(self, x):
+    def forward_plain(self, x):
         xp = get_array_module(x)
-        k, s, pad = self.k, self.s, self.pad
-        oh, ow, eh, ew = _geometry("max_pool2d", x, k, s, pad, self.ceil_mode)
-        self.x_shape, self.pad_extra = x.shape, (eh, ew)
-        self.fused = not is_cupy_array(x) and cpu_kernels.enabled()
-        if self.fused:
-            from kernels.cpu import parallel, pool
-            y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
-            self.winner = winner = np.empty(y.shape, dtype=np.uint8)
-            parallel.over_images(x.shape[0], lambda i: pool.max_pool_forward(
-                x[i], k, s, pad, y[i], winner[i]))
-            return y
-        xpad = pad_hw(x, pad, -xp.inf, eh, ew)
+        k, s, (oh, ow), (eh, ew) = self.k, self.s, self.out_hw, self.pad_extra
+        xpad = pad_hw(x, self.pad, -xp.inf, eh, ew)
         y = xpad[tap_slice(0, 0, s, oh, ow)].copy()
         winner = xp.zeros(y.shape, dtype=xp.uint8)
         for t in range(1, k * k):
@@ -97,20 +95,25 @@ class MaxPool2dFunction(_Pool2dFunction):
         self.winner = winner
         return y
 
-    def backward(self, gy):
+    def backward_plain(self, gy):
         xp = get_array_module(gy)
-        k, s, pad = self.k, self.s, self.pad
-        oh, ow = gy.shape[2:]
-        if self.fused:
-            from kernels.cpu import parallel, pool
-            gx = np.empty(self.x_shape, dtype=gy.dtype)
-            parallel.over_images(gy.shape[0], lambda i: pool.max_pool_backward(
-                gy[i], self.winner[i], k, s, pad, gx[i]))
-            return gx
-        return self._spread(xp, lambda t: xp.where(self.winner == t, gy, 0), oh, ow, gy.dtype)
+        return self._spread(xp, lambda t: xp.where(self.winner == t, gy, 0), *self.out_hw,
+                            gy.dtype)
+
+    def forward_cpu(self, x):
+        from kernels.cpu import pool
+        # Called outside a graph (no_grad, inference) nothing goes backward: skip the winners.
+        track = self.needs_grad != (False,)
+        y, self.winner = pool.max_pool2d(x, self.k, self.s, self.pad, *self.out_hw, track)
+        return y
+
+    def backward_cpu(self, gy):
+        from kernels.cpu import pool
+        return pool.max_pool2d_backward(gy, self.winner, self.k, self.s, self.pad, self.x_shape)
 
 
 class AvgPool2dFunction(_Pool2dFunction):
+    op = "avg_pool2d"
 
     def _axis_divisors(self, h, w, oh, ow, dtype):
         """Caffe's divisors along H and along W; a window's divisor is their product."""
@@ -121,47 +124,42 @@ class AvgPool2dFunction(_Pool2dFunction):
         dh, dw = self._axis_divisors(h, w, oh, ow, dtype)
         return xp.asarray(dh[:, None] * dw[None, :])
 
-    def forward(self, x):
+    def forward_plain(self, x):
         xp = get_array_module(x)
-        k, s, pad = self.k, self.s, self.pad
-        oh, ow, eh, ew = _geometry("avg_pool2d", x, k, s, pad, self.ceil_mode)
-        self.x_shape, self.pad_extra = x.shape, (eh, ew)
-        self.fused = not is_cupy_array(x) and cpu_kernels.enabled()
-        if self.fused:
-            from kernels.cpu import parallel, pool
-            dh, dw = self._axis_divisors(x.shape[2], x.shape[3], oh, ow, x.dtype)
-            y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
-            parallel.over_images(x.shape[0], lambda i: pool.avg_pool_forward(
-                x[i], k, s, pad, dh, dw, y[i]))
-            return y
-        xpad = pad_hw(x, pad, 0.0, eh, ew)
+        k, s, (oh, ow), (eh, ew) = self.k, self.s, self.out_hw, self.pad_extra
+        xpad = pad_hw(x, self.pad, 0.0, eh, ew)
         y = xpad[tap_slice(0, 0, s, oh, ow)].copy()
         for t in range(1, k * k):
             y += xpad[tap_slice(t // k, t % k, s, oh, ow)]
         y /= self._divisor(xp, x.shape[2], x.shape[3], oh, ow, x.dtype)
         return y
 
-    def backward(self, gy):
+    def backward_plain(self, gy):
         xp = get_array_module(gy)
-        n, _, h, w = self.x_shape
-        k, s, pad = self.k, self.s, self.pad
-        oh, ow = gy.shape[2:]
-        if self.fused:
-            from kernels.cpu import parallel, pool
-            dh, dw = self._axis_divisors(h, w, oh, ow, gy.dtype)
-            gx = np.empty(self.x_shape, dtype=gy.dtype)
-            parallel.over_images(n, lambda i: pool.avg_pool_backward(
-                gy[i], k, s, pad, dh, dw, gx[i]))
-            return gx
-        share = gy / self._divisor(xp, h, w, oh, ow, gy.dtype)
-        return self._spread(xp, lambda t: share, oh, ow, gy.dtype)
+        h, w = self.x_shape[2:]
+        share = gy / self._divisor(xp, h, w, *self.out_hw, gy.dtype)
+        return self._spread(xp, lambda t: share, *self.out_hw, gy.dtype)
+
+    def forward_cpu(self, x):
+        from kernels.cpu import pool
+        dh, dw = self._axis_divisors(*x.shape[2:], *self.out_hw, x.dtype)
+        return pool.avg_pool2d(x, self.k, self.s, self.pad, dh, dw)
+
+    def backward_cpu(self, gy):
+        from kernels.cpu import pool
+        dh, dw = self._axis_divisors(*self.x_shape[2:], *self.out_hw, gy.dtype)
+        return pool.avg_pool2d_backward(gy, self.k, self.s, self.pad, dh, dw, self.x_shape)
 
 
-def max_pool2d(x, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True) -> Tensor:
-    """Max pooling over ksize x ksize windows (Caffe's ceil rounding by default)."""
-    return MaxPool2dFunction(ksize, stride, pad, ceil_mode)(x)
+def max_pool2d(x, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True,
+               impl: str | None = None) -> Tensor:
+    """Max pooling over ksize x ksize windows (Caffe's ceil rounding by default).
+    ``impl``: see ``layers.dispatch``."""
+    return MaxPool2dFunction(ksize, stride, pad, ceil_mode, impl)(x)
 
 
-def avg_pool2d(x, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True) -> Tensor:
-    """Average pooling; the divisor counts padding as Caffe does."""
-    return AvgPool2dFunction(ksize, stride, pad, ceil_mode)(x)
+def avg_pool2d(x, ksize: int, stride: int, pad: int = 0, ceil_mode: bool = True,
+               impl: str | None = None) -> Tensor:
+    """Average pooling; the divisor counts padding as Caffe does. ``impl``: see
+    ``layers.dispatch``."""
+    return AvgPool2dFunction(ksize, stride, pad, ceil_mode, impl)(x)

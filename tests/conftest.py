@@ -20,18 +20,21 @@ from engine import backend  # noqa: E402
 
 @pytest.fixture(params=["numpy", "numpy-plain", "cupy"])
 def xp(request):
-    """The array module under test. Every layer test runs on NumPy with the Numba CPU
-    kernels, on NumPy without them (the plain path, which CuPy shares), and on CuPy."""
+    """The array module under test. Every layer test runs on NumPy with the CPU kernels
+    (``layers.dispatch`` picks them where an op has one), on NumPy with every op on its plain
+    path (the code CuPy shares), and on CuPy (with the CUDA kernels where they exist)."""
+    from layers import dispatch
     if request.param == "numpy":
-        yield np
+        with dispatch.use("auto"):
+            yield np
     elif request.param == "numpy-plain":
-        import kernels.cpu
-        with kernels.cpu.use(False):
+        with dispatch.use("plain"):
             yield np
     else:
         if not backend.cuda_available():
             pytest.skip("CuPy with a CUDA device is not available")
-        yield backend.require_cuda()
+        with dispatch.use("auto"):
+            yield backend.require_cuda()
 
 
 def to_np(a):

@@ -1,11 +1,12 @@
 """The Numba CPU kernels (kernels/cpu) against the plain NumPy path of the same layers.
 
 Every layer that dispatches to a kernel runs twice on the same inputs, once with
-``kernels.cpu.use(True)`` and once with ``use(False)`` (the NumPy code that tests/test_layers.py
-checks against naive loops), on hypothesis-drawn shapes in float32 and float64, forward and
+``layers.dispatch.use("auto")`` (the kernels) and once with ``use("plain")`` (the NumPy code
+that tests/test_layers.py checks against naive loops), on hypothesis-drawn shapes in float32 and float64, forward and
 backward, with strided inputs and gradients like the ones a concatenation hands back. The
 max-pool winners must be identical, ties included; everything else agrees to rounding.
-Also: the pool's run order and determinism, workspaces, the switch, and GoogLeNet end to end.
+Also: the pool's run order and determinism, workspaces, the dispatch switch, and GoogLeNet end
+to end.
 """
 import numpy as np
 import pytest
@@ -16,16 +17,22 @@ import kernels.cpu as cpu
 import layers as L
 from engine import Tensor
 from kernels.cpu import parallel, workspace
+from layers import dispatch
 from layers.pooling import MaxPool2dFunction
 
-pytestmark = pytest.mark.skipif(not cpu._numba_importable(), reason="Numba is not importable")
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="Numba is not importable")
 
 
 @pytest.fixture(autouse=True)
 def kernels_on():
-    """Every test here runs with the kernels on, whatever GOOGLENET_CPU_KERNELS says."""
-    with cpu.use(True):
+    """Every test here runs with the kernels on, whatever GOOGLENET_KERNELS says."""
+    with dispatch.use("auto"):
         yield
+
+
+def kernels(flag: bool):
+    """The kernels (True) or the plain path (False) for the block."""
+    return dispatch.use("auto" if flag else "plain")
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 FEW = settings(max_examples=15, deadline=None)
@@ -35,7 +42,7 @@ def run_both(fn, inputs, gy_seed=1, gy_view=False):
     """[output, grads...] of ``fn(*inputs)`` with the kernels on and off (NumPy arrays)."""
     results = []
     for flag in (True, False):
-        with cpu.use(flag):
+        with kernels(flag):
             ts = [Tensor(a.copy() if a.flags.c_contiguous else a, requires_grad=True)
                   for a in inputs]
             y = fn(*ts)
@@ -101,23 +108,69 @@ def test_conv_non_contiguous_input_and_no_input_gradient():
     w = rng.standard_normal((5, 4, 3, 3))
     ours, ref = run_both(lambda x, w: L.conv2d(x, w, pad=1, relu=True), [x, w])
     assert_close(ours, ref, np.float64)
-    with cpu.use(True):
+    with kernels(True):
         img = Tensor(x.copy())
         wt = Tensor(w, requires_grad=True)
         L.conv2d(img, wt, pad=1).sum().backward()
         assert img.grad is None and wt.grad is not None
 
 
-def test_conv_impl_im2col_forces_the_numpy_path(monkeypatch):
+def test_conv_impl_plain_forces_the_numpy_path(monkeypatch):
     import kernels.cpu.conv as K
 
     def boom(*a, **k):
         raise AssertionError("a Numba kernel ran")
     monkeypatch.setattr(K, "im2col", boom)
     x = np.ones((1, 2, 5, 5))
-    L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1, impl="im2col")
+    L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1, impl="plain")
     with pytest.raises(AssertionError, match="a Numba kernel ran"):
         L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1)
+
+
+# Winograd F(2x2, 3x3) forward, against the plain path in float64. Its float32 error on
+# GoogLeNet's shapes is about 5e-7 of the output's scale; 1e-5 is the stated bound.
+WINOGRAD_TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+@FEW
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 11),
+       st.integers(1, 11), st.booleans(), st.sampled_from([np.float32, np.float64]),
+       st.integers(0, 2**31 - 1))
+def test_winograd_forward_matches_the_direct_convolution(monkeypatch, n, c, o, h, w, relu,
+                                                         dtype, seed):
+    from kernels.cpu import winograd
+    monkeypatch.setattr(winograd, "worth_it", lambda *a: True)   # on every shape drawn
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((o, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    f = L.Conv2dFunction(1, 1, relu=relu)
+    y = f.forward(x, wt, b)
+    assert f.path == "cpu"
+    with kernels(False):
+        ref = L.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
+                       1, 1, relu=relu).data
+    scale = max(float(np.abs(ref).max()), 1.0)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, ref, rtol=0, atol=WINOGRAD_TOL[dtype] * scale)
+
+
+def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
+    from kernels.cpu import conv as K
+    from kernels.cpu import winograd
+    assert K.use_winograd((8, 128, 28, 28), (192, 128, 3, 3), 1, 1)
+    assert not K.use_winograd((8, 160, 7, 7), (320, 160, 3, 3), 1, 1)       # small maps
+    assert not K.use_winograd((8, 16, 28, 28), (32, 16, 3, 3), 1, 1)        # few channels
+    assert not K.use_winograd((8, 128, 28, 28), (192, 128, 3, 3), 2, 1)     # stride 2
+    assert not K.use_winograd((8, 128, 28, 28), (192, 128, 5, 5), 1, 2)     # 5x5
+    calls = []
+    real = winograd.input_transform
+    monkeypatch.setattr(winograd, "input_transform", lambda *a: calls.append(1) or real(*a))
+    x = np.random.default_rng(0).standard_normal((2, 64, 14, 14)).astype(np.float32)
+    wt = np.random.default_rng(1).standard_normal((64, 64, 3, 3)).astype(np.float32)
+    ours, ref = run_both(lambda *a: L.conv2d(*a, pad=1, relu=True), [x, wt])
+    assert calls                                       # the kernels' forward took it
+    assert_close(ours[:1], ref[:1], np.float32)
 
 
 def test_im2col_and_col2im_kernels_match_numpy():
@@ -161,7 +214,7 @@ def test_max_pool_kernels_match_numpy(case, dtype, ties, seed):
     assert_close(ours[1:], ref[1:], dtype)
     winners = []
     for flag in (True, False):
-        with cpu.use(flag):
+        with kernels(flag):
             f = MaxPool2dFunction(k, s, p, ceil)
             f.forward(x)
             winners.append(f.winner)
@@ -248,15 +301,38 @@ def test_workspace_is_reused_per_slot():
     assert c.shape == (100, 100) and workspace.nbytes() >= c.nbytes
 
 
-def test_switch():
-    with cpu.use(False):
-        assert not cpu.enabled()
-        with cpu.use(True):
-            assert cpu.enabled()
-        assert not cpu.enabled()
-    assert cpu.enabled()
-    assert [cpu._env_flag(v) for v in ("0", "false", "off", "no", "1", "", "yes")] == \
-        [False, False, False, False, True, True, True]
+def test_dispatch_picks_the_kernel_and_the_switch_forces_plain():
+    x = np.random.default_rng(9).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    fns = [L.Conv2dFunction(1, 1), L.MaxPool2dFunction(3, 2), L.AvgPool2dFunction(3, 1, 1),
+           L.LRNFunction()]
+    args = [(x, np.ones((4, 3, 3, 3), np.float32)), (x,), (x,), (x,)]
+    for f, a in zip(fns, args):
+        f.forward(*a)
+        assert f.path == "cpu", type(f).__name__
+        with dispatch.use("plain"):
+            assert dispatch.mode() == "plain"
+            f.forward(*a)
+            assert f.path == "plain", type(f).__name__
+        assert dispatch.mode() == "auto"
+
+
+def test_dispatch_per_call_impl_and_its_errors():
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    for impl, path in (("plain", "plain"), ("im2col", "plain"), ("cpu", "cpu"), ("auto", "cpu")):
+        f = L.Conv2dFunction(1, 1, impl=impl)
+        f.forward(x, w)
+        assert f.path == path
+    with dispatch.use("plain"):          # an explicit request wins over the switch
+        f = L.Conv2dFunction(1, 1, impl="cpu")
+        f.forward(x, w)
+        assert f.path == "cpu"
+    with pytest.raises(ValueError, match=r"conv2d: impl='cuda' asked for.*NumPy inputs .*stride 1"):
+        L.conv2d(x, w, pad=1, impl="cuda")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        L.max_pool2d(x, 3, 2, impl="fast")
+    with pytest.raises(ValueError, match="mode must be 'auto' or 'plain'"):
+        with dispatch.use("cpu"):
+            pass
 
 
 # ------------------------------------------------------------------ whole model
@@ -267,7 +343,7 @@ def _googlenet_both(dtype):
     labels = np.array([1, 4, 2])
     runs = []
     for flag in (True, False):
-        with cpu.use(flag):
+        with kernels(flag):
             m = GoogLeNet(num_classes=5, dtype=dtype, seed=3)
             E.manual_seed(7)      # the same dropout masks
             outs = m(x)
@@ -314,3 +390,85 @@ def test_bench_torch_peer_is_the_same_network():
                                     "settings": {"threads": 2, "openblas_coretype": "-",
                                                  "steps": 1, "rounds": 1, "warmup": 1},
                                     "results": []})
+
+
+# --------------------------------------------------------------------------- SGD
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_fused_sgd_matches_the_numpy_formula(nesterov):
+    """engine.SGD on NumPy parameters (kernels.cpu.sgd) against the update written out with
+    NumPy, three steps (the first creates the momentum buffer), two groups."""
+    from engine import SGD
+    from engine.module import Parameter
+    rng = np.random.default_rng(11)
+    shapes = [(7, 3, 3, 3), (7,), (5, 11)]
+    params = [Parameter(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    params[1].lr_mult, params[1].decay_mult = 2.0, 0.0
+    ref = [p.data.copy() for p in params]
+    vel = [None] * 3
+    opt = SGD([{"params": params[:2]}, {"params": params[2:], "lr_mult": 0.5}], lr=0.1,
+              momentum=0.9, weight_decay=0.01, nesterov=nesterov)
+    lr_mult, wd_mult = [1.0, 2.0, 0.5], [1.0, 0.0, 1.0]
+    for _ in range(3):
+        grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.copy()
+        opt.step()
+        for k, g in enumerate(grads):
+            d = g + 0.01 * wd_mult[k] * ref[k]
+            vel[k] = d.copy() if vel[k] is None else 0.9 * vel[k] + d
+            ref[k] = ref[k] - 0.1 * lr_mult[k] * (d + 0.9 * vel[k] if nesterov else vel[k])
+    for p, r, v, ov in zip(params, ref, vel, opt.velocity):
+        np.testing.assert_allclose(p.data, r, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ov, v, rtol=1e-5, atol=1e-6)
+
+
+def test_max_pool_outside_a_graph_skips_the_winners_with_the_same_output():
+    from engine import no_grad
+    x = np.random.default_rng(12).standard_normal((2, 5, 13, 13)).astype(np.float32)
+    for s, p in ((1, 1), (2, 0)):
+        with no_grad():
+            fast = L.max_pool2d(x, 3, s, p).data
+        f = MaxPool2dFunction(3, s, p)
+        full = f.forward(x)
+        assert f.winner is not None
+        np.testing.assert_array_equal(fast, full)
+
+
+def test_bench_workers_run_in_the_users_default_environment():
+    """The measured processes lose OPENBLAS_CORETYPE/_L2_SIZE unless --keep-openblas-env;
+    the table names the BLAS each framework used."""
+    from bench.train_throughput import build_parser, format_table, worker_env
+    base = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576", "PATH": "/bin"}
+    env = worker_env("ours", build_parser().parse_args([]), base)
+    assert "OPENBLAS_CORETYPE" not in env and "OPENBLAS_L2_SIZE" not in env and env["PATH"]
+    kept = worker_env("ours", build_parser().parse_args(["--keep-openblas-env"]), base)
+    assert kept["OPENBLAS_CORETYPE"] == "Haswell" and kept["OPENBLAS_L2_SIZE"] == "1048576"
+    forced = worker_env("ours", build_parser().parse_args(["--openblas-coretype", "Zen"]), base)
+    assert forced["OPENBLAS_CORETYPE"] == "Zen" and "OPENBLAS_L2_SIZE" not in forced
+    assert worker_env("torch", build_parser().parse_args(["--openblas-coretype", "Zen"]),
+                      base).get("OPENBLAS_CORETYPE") is None
+    table = format_table({
+        "device": "cpu", "machine": {"cores": 2, "cpu": "x"}, "sgemm_gflops": 400.0,
+        "sgemm_gflops_runs": [390.0, 410.0], "results": [],
+        "settings": {"threads": 2, "openblas_coretype": "-", "steps": 1, "rounds": 1,
+                     "warmup": 1, "openblas_env": "removed (user default)"},
+        "blas": {"ours": {"blas": [{"internal_api": "openblas", "version": "0.3.31",
+                                    "architecture": "SkylakeX", "num_threads": 2}]}}})
+    assert "BLAS (ours): openblas 0.3.31 (SkylakeX kernels, 2 threads)" in table
+    assert "removed (user default)" in table and "400 GFLOP/s" in table
+    one = worker_env("ours", build_parser().parse_args(["--threads", "1"]), base)
+    assert one["GOOGLENET_CPU_THREADS"] == "1" and one["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_dispatch_falls_back_to_plain_where_a_kernel_declines():
+    class Declining(L.MaxPool2dFunction):
+        def cpu_supports(self, x):
+            return x.shape[1] != 3
+    x = np.random.default_rng(13).standard_normal((2, 3, 7, 7)).astype(np.float32)
+    f = Declining(3, 2)
+    f.forward(x)
+    assert f.path == "plain"
+    f.forward(x[:, :2])
+    assert f.path == "cpu"
+    with pytest.raises(ValueError, match="impl='cpu' asked for"):
+        Declining(3, 2, impl="cpu").forward(x)

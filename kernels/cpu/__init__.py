@@ -1,14 +1,19 @@
 """CPU kernels in Numba for the loops NumPy runs slowly: im2col/col2im, the convolution's
-bias + ReLU epilogue and ReLU-mask prologue, max pooling with its argmax, average pooling,
-and LRN.
+bias + ReLU epilogue and ReLU-mask prologue, Winograd transforms, max pooling with its
+argmax, average pooling, LRN, and the SGD update.
 
 The layers call these on NumPy arrays and keep their plain NumPy code as the reference path
-(CuPy arrays never come here). Modules:
+(CuPy arrays never come here). Each module ends with the whole-batch functions the layers
+call (``conv.conv2d``, ``pool.max_pool2d``, ``lrn.lrn`` and their ``*_backward``), which share
+the batch out over the threads. Modules:
 
-* ``conv``      -- im2col / col2im over a chunk of images, epilogue and prologue of the GEMMs;
+* ``conv``      -- the convolution chunk by chunk: im2col / col2im over a chunk of images,
+  epilogue and prologue of the GEMMs;
+* ``winograd``  -- Winograd F(2x2, 3x3) transforms, for the 3x3 forward passes where faster;
 * ``pool``      -- max pooling (maximum and winning tap over -inf padded planes; backward by
   scatter, plane by plane) and average pooling;
 * ``lrn``       -- cross-channel LRN forward and backward in one pass each;
+* ``sgd``       -- ``engine.SGD``'s momentum update in one pass per parameter;
 * ``loops``     -- the copy/add/zero loops they share (unsigned indices, so they vectorise);
 * ``parallel``  -- the thread pool: whole images per thread, OpenBLAS on one thread;
 * ``workspace`` -- per-thread buffers reused from call to call instead of reallocated;
@@ -20,26 +25,18 @@ and cached on disk, so later processes load machine code instead of compiling ag
 kernels themselves are serial; ``parallel`` runs them on several images at once, each thread
 writing only its own images, so there are no atomics and the results are deterministic.
 
-Switch: the environment variable ``GOOGLENET_CPU_KERNELS=0`` (read at import) or
-:func:`set_enabled` / the :func:`use` context manager force the plain NumPy path, which is
-how the tests compare the two. ``docs/performance_cpu.md`` has the measurements.
+Which ops use them is decided in one place, ``layers.dispatch``: a layer takes its kernel
+when :func:`available` (Numba importable), unless ``GOOGLENET_KERNELS=plain`` or
+``layers.dispatch.use("plain")`` asks for the plain NumPy path, which is how the tests compare
+the two. ``docs/performance_cpu.md`` has the measurements.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-
-
-def _env_flag(value: str) -> bool:
-    """GOOGLENET_CPU_KERNELS: "0", "false", "no" or "off" turn the kernels off."""
-    return value.strip().lower() not in ("0", "false", "no", "off")
-
-
-_enabled = _env_flag(os.environ.get("GOOGLENET_CPU_KERNELS", "1"))
 _numba_ok: bool | None = None
 
 
-def _numba_importable() -> bool:
+def available() -> bool:
+    """True when Numba imports (and so the kernels can compile)."""
     global _numba_ok
     if _numba_ok is None:
         try:
@@ -48,24 +45,3 @@ def _numba_importable() -> bool:
         except Exception:  # ImportError, or a broken LLVM install
             _numba_ok = False
     return _numba_ok
-
-
-def enabled() -> bool:
-    """True when the layers should use these kernels for NumPy arrays."""
-    return _enabled and _numba_importable()
-
-
-def set_enabled(flag: bool) -> None:
-    global _enabled
-    _enabled = bool(flag)
-
-
-@contextlib.contextmanager
-def use(flag: bool):
-    """``with kernels.cpu.use(False): ...`` runs the block on the plain NumPy path."""
-    previous = _enabled
-    set_enabled(flag)
-    try:
-        yield
-    finally:
-        set_enabled(previous)

@@ -1,7 +1,19 @@
-"""The convolution's non-GEMM work, over a *chunk* of ``g`` images starting at image ``n0``.
+"""The convolution on the CPU, chunk by chunk: :func:`conv2d` and :func:`conv2d_backward`.
 
-``layers.conv`` runs a convolution chunk by chunk: im2col of the chunk into a reused
-workspace, one GEMM, then an epilogue that writes the NCHW output. The chunk's column matrix
+A convolution (``layers.conv`` has the maths) runs ``g`` images at a time, so that one GEMM
+has at least ``COLUMNS_PER_GEMM`` columns (1x1: one image, ``x[n]`` itself), the chunks
+shared among threads (``parallel``)::
+
+    col_c = im2col(x[n0:n0+g])            (C*kh*kw, g*OH*OW), a reused workspace
+    Y_c   = W @ col_c                     (O, g*OH*OW); with g = 1 straight into y[n0]
+    y[n0:n0+g] = relu(Y_c + b)            one Numba pass: bias, ReLU, (O, g, P) -> (g, O, P)
+
+and backward likewise per chunk (ReLU mask and gather, gW += gY_c @ col_c.T,
+gx[chunk] = col2im(W.T @ gY_c)). No batch-sized column matrix is ever built: the columns of a
+chunk stay in cache between im2col and the GEMM, and the workspaces are reused.
+
+The non-GEMM work is done by Numba kernels over a *chunk* of ``g`` images starting at image
+``n0``. The chunk's column matrix
 has one column per output pixel of the chunk, ordered (image, oh, ow), and one row per
 (c, i, j) like the weight's (in, kh, kw)::
 
@@ -21,9 +33,15 @@ races and results are deterministic):
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
+from . import parallel, winograd, workspace
 from .loops import add, add_strided, copy, copy_strided, u64, zero
+
+# Images per GEMM so that it has at least this many columns (output pixels). Larger GEMMs run
+# closer to BLAS's peak; smaller chunks keep the columns in cache.
+COLUMNS_PER_GEMM = 1024
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -122,6 +140,27 @@ def epilogue(src, bias, has_bias, relu, y3, n0):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def bias_relu(y2, bias, has_bias, relu):
+    """In place on y2 (O, P): y2[o] = y2[o] (+ bias[o]), then max(., 0) when ``relu``.
+
+    The epilogue of a one-image chunk, whose GEMM wrote straight into y[n0]. Calling
+    :func:`epilogue` with src and y3 the same memory ran 7x slower: LLVM cannot tell that
+    the two rows are the same, and the loop it keeps for possibly overlapping arrays is not
+    vectorised."""
+    o_, p = y2.shape
+    for o in range(o_):
+        row = y2[o]
+        b = bias[o] if has_bias else 0
+        if relu:
+            for q in range(u64(p)):
+                v = row[q] + b
+                row[q] = 0 if v < 0 else v
+        else:
+            for q in range(u64(p)):
+                row[q] += b
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def prologue(gy3, y3, relu, n0, out):
     """out[o, gi*P + q] = gy3[n0 + gi, o, q], zeroed where y3 <= 0 when ``relu``.
 
@@ -140,3 +179,150 @@ def prologue(gy3, y3, relu, n0, out):
                     o_row[base + q] = g_row[q] if y_row[q] > 0 else 0
             else:
                 copy(o_row, base, g_row, 0, p)
+
+
+# ------------------------------------------------------------------ the whole batch
+def _out_size(size, k, stride, pad):
+    return (size + 2 * pad - k) // stride + 1
+
+
+def images_per_chunk(n, p, pointwise) -> int:
+    """Images per GEMM: enough for COLUMNS_PER_GEMM columns, while leaving at least two
+    chunks per thread to share out. A 1x1 convolution takes one image at a time down to 7x7
+    maps: its GEMM then reads x[n] in place, and gathering several images would cost more
+    than the slightly larger GEMM gains (single-threaded OpenBLAS runs these shapes within
+    10% of its peak)."""
+    if pointwise and p >= 49:
+        return 1
+    return max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // (2 * parallel.threads()))))
+
+
+def use_winograd(x_shape, w_shape, stride, pad) -> bool:
+    """Winograd F(2x2, 3x3) for this layer's forward (``winograd.applies`` and ``worth_it``)?
+    The backward stays on im2col + GEMM, which measured faster (``docs/performance_cpu.md``)."""
+    return (winograd.applies(w_shape, stride, pad)
+            and winograd.worth_it(x_shape[1], w_shape[0], x_shape[2], x_shape[3]))
+
+
+def _sixteen(slot, rows, cols, dtype):
+    """A (16, rows, cols) workspace whose 16 matrices lie 64 bytes more than rows * cols
+    apart: the transforms read or write all 16 at once, and at a distance that is a multiple
+    of 4 KiB those 16 streams would share one set of the L1 cache (measured 5x slower)."""
+    step = rows * cols + 64 // np.dtype(dtype).itemsize
+    flat = workspace.get(slot, (16, step), dtype)
+    return flat[:, :rows * cols].reshape(16, rows, cols)
+
+
+def _winograd(src3, u, bias, has_bias, relu, h, w, out3):
+    """out3 (N, O, H*W) = relu(conv3x3_same(src3) + bias) by F(2x2, 3x3), chunks of images
+    on the threads; u (16, O, C) is the transformed filter."""
+    n, c = src3.shape[:2]
+    o = u.shape[1]
+    nt = winograd.tiles(h, w)[0] * winograd.tiles(h, w)[1]
+
+    def body(chunks):
+        for n0, g in chunks:
+            v = _sixteen("wino_v", c, g * nt, u.dtype)
+            m = _sixteen("wino_m", o, g * nt, u.dtype)
+            winograd.input_transform(src3, n0, h, w, v)
+            np.matmul(u, v, out=m)
+            winograd.output_transform(m, bias, has_bias, relu, n0, h, w, out3)
+
+    parallel.run(body, parallel.chunks(n, images_per_chunk(n, nt, False)), blas=True)
+
+
+def conv2d(x, w, b, stride, pad, relu):
+    """y (N, O, OH, OW) = relu(conv(x, w) + b) for x (N, C, H, W), w (O, C, kh, kw), b (O,)
+    or None. Per chunk of g images: col = im2col, Y = W @ col, y[chunk] = relu(Y + b); or
+    Winograd F(2x2, 3x3) where :func:`use_winograd`."""
+    n, c, h, wd = x.shape
+    if use_winograd(x.shape, w.shape, stride, pad):
+        y = np.empty((n, w.shape[0], h, wd), dtype=x.dtype)
+        x3 = x.reshape(n, c, h * wd)
+        bias = b if b is not None else x3[0, 0]
+        _winograd(x3, winograd.filter_transform(w), bias, b is not None, relu, h, wd,
+                  y.reshape(n, -1, h * wd))
+        return y
+    o, _, kh, kw = w.shape
+    oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
+    p, ck = oh * ow, c * kh * kw
+    w2 = np.ascontiguousarray(w.reshape(o, ck))
+    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    y3 = y.reshape(n, o, p)
+    bias = b if b is not None else w2[:, 0]    # unused when there is no bias
+    direct = kh == kw == 1 and stride == 1 and pad == 0   # x[n] is image n's column matrix
+
+    def body(chunks):
+        for n0, g in chunks:
+            if direct and g == 1:
+                col = x[n0].reshape(c, p)
+            else:
+                col = workspace.get("col", (ck, g * p), x.dtype)
+                im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
+            if g == 1:
+                np.matmul(w2, col, out=y3[n0])
+                bias_relu(y3[n0], bias, b is not None, relu)
+                continue
+            out = workspace.get("gemm", (o, g * p), x.dtype)
+            np.matmul(w2, col, out=out)
+            epilogue(out, bias, b is not None, relu, y3, n0)
+
+    parallel.run(body, parallel.chunks(n, images_per_chunk(n, p, direct)), blas=True)
+    return y
+
+
+def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
+    """(gx, gW, gb) of :func:`conv2d` (None where not needed); ``y`` is the forward's output
+    (its ReLU mask; unused without ``relu``). Per chunk: gY = gy[chunk] * (y > 0),
+    gb += row sums of gY, gW += gY @ im2col(x[chunk]).T, gx[chunk] = col2im(W.T @ gY). Each
+    run of chunks returns partial gW and gb, added in run order."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = gy.shape[2:]
+    p, ck = oh * ow, c * kh * kw
+    w2t = np.ascontiguousarray(w.reshape(o, ck)).T
+    gy3 = gy.reshape(n, o, p)
+    y3 = y.reshape(n, o, p) if relu else gy3
+    direct = kh == kw == 1 and stride == 1 and pad == 0
+    gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
+
+    def body(chunks):
+        """One run of chunks; returns its (gW, gb) partial sums."""
+        gw2 = np.zeros((o, ck), dtype=x.dtype) if need_w else None
+        gb = np.zeros(o, dtype=np.float64) if need_b else None
+        for n0, g in chunks:
+            gyc = workspace.get("gy", (o, g * p), x.dtype)
+            prologue(gy3, y3, relu, n0, gyc)        # ReLU mask, (g, O, P) -> (O, g*P)
+            if need_b:
+                gb += gyc.sum(axis=1)
+            if need_w:
+                if direct and g == 1:
+                    col = x[n0].reshape(c, p)
+                else:
+                    col = workspace.get("col", (ck, g * p), x.dtype)
+                    im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
+                part = workspace.get("gw", (o, ck), x.dtype)
+                np.matmul(gyc, col.T, out=part)
+                gw2 += part
+            if need_x:
+                if direct and g == 1:
+                    np.matmul(w2t, gyc, out=gx[n0].reshape(c, p))
+                    continue
+                gcol = workspace.get("gcol", (ck, g * p), x.dtype)
+                np.matmul(w2t, gyc, out=gcol)
+                if direct:
+                    epilogue(gcol, gcol[:, 0], False, False, gx.reshape(n, c, p), n0)
+                else:
+                    col2im(gcol, n0, kh, kw, stride, pad, oh, ow, gx)
+        return gw2, gb
+
+    parts = parallel.run(body, parallel.chunks(n, images_per_chunk(n, p, direct)), blas=True)
+    gw, gb = parts[0]
+    for gw_part, gb_part in parts[1:]:    # fixed order, whichever thread ran which run
+        if need_w:
+            gw += gw_part
+        if need_b:
+            gb += gb_part
+    gw = gw.reshape(w.shape) if need_w else None
+    gb = gb.astype(x.dtype) if need_b else None
+    return gx, gw, gb

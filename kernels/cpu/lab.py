@@ -32,7 +32,7 @@ import time
 import numpy as np
 from numba import njit
 
-from layers import caffe
+from layers import caffe, dispatch
 from layers.im2col import col2im as np_col2im
 from layers.im2col import conv_out_size
 from layers.im2col import im2col as np_im2col
@@ -168,8 +168,7 @@ def lab_pool(n, repeat):
         x = rng.standard_normal((n, c, h, h)).astype(np.float32)
         oh = caffe.pooled_size(h, 3, s, p)
         ref = MaxPool2dFunction(3, s, p)
-        import kernels.cpu as cpu
-        with cpu.use(False):
+        with dispatch.use("plain"):
             y_ref = ref.forward(x)
         outs = []
         for fn in (max_pool_forward_v1, pool.max_pool_forward):
@@ -194,22 +193,21 @@ def lab_lrn(n, repeat):
     print(f"LRN forward (ms)                  {'v1':>10}{'v2':>10}  v1/v2;  v2 backward")
     rng = np.random.default_rng(2)
     from layers.lrn import LRNFunction
-    import kernels.cpu as cpu
     for name, c, h in LRNS:
         x = (rng.standard_normal((n, c, h * h)) * 10).astype(np.float32)
-        with cpu.use(False):
+        with dispatch.use("plain"):
             y_ref = LRNFunction().forward(x.reshape(n, c, h, h)).reshape(n, c, h * h)
         consts = lrn.constants(np.float32, caffe.LRN_SIZE, caffe.LRN_ALPHA, caffe.LRN_BETA,
                                caffe.LRN_K)
         y1, y2, gx = np.empty_like(x), np.empty_like(x), np.empty_like(x)
         args = (caffe.LRN_SIZE, caffe.LRN_ALPHA, caffe.LRN_BETA, caffe.LRN_K)
         lrn_forward_v1(x, *args, y1)
-        lrn.lrn_forward(x, caffe.LRN_SIZE, *consts, y2)
+        lrn.lrn_images(x, caffe.LRN_SIZE, *consts, y2)
         for y in (y1, y2):
             assert np.allclose(y, y_ref, rtol=1e-5, atol=1e-6), name
         times = [_time(lambda: lrn_forward_v1(x, *args, y1), repeat),
-                 _time(lambda: lrn.lrn_forward(x, caffe.LRN_SIZE, *consts, y2), repeat)]
-        back = _time(lambda: lrn.lrn_backward(x, y2, caffe.LRN_SIZE, *consts, gx), repeat)
+                 _time(lambda: lrn.lrn_images(x, caffe.LRN_SIZE, *consts, y2), repeat)]
+        back = _time(lambda: lrn.lrn_images_backward(x, y2, caffe.LRN_SIZE, *consts, gx), repeat)
         print(_row(name, times) + f"{back * 1e3:>12.2f}")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import parallel
 from .loops import u64, zero
 
 BLOCK = 256
@@ -47,7 +48,7 @@ def _window_sum_of_squares(x2, ci, size, p0, m, acc):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def lrn_forward(x3, size, coef, k, coef2, beta, y3):
+def lrn_images(x3, size, coef, k, coef2, beta, y3):
     """x3, y3 (N, C, H*W), C-contiguous. (coef2 is unused; same arguments as backward.)"""
     n, c, hw = x3.shape
     acc = np.empty(BLOCK, dtype=x3.dtype)
@@ -69,7 +70,7 @@ def lrn_forward(x3, size, coef, k, coef2, beta, y3):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def lrn_backward(x3, gy3, size, coef, k, coef2, beta, gx3):
+def lrn_images_backward(x3, gy3, size, coef, k, coef2, beta, gx3):
     """x3, gy3, gx3 (N, C, H*W), C-contiguous."""
     n, c, hw = x3.shape
     half = size // 2
@@ -106,3 +107,25 @@ def lrn_backward(x3, gy3, size, coef, k, coef2, beta, gx3):
                 xr, gr, dr, gxr = x2[ci], gy2[ci], den[ci], gx2[ci]
                 for q in range(u64(m)):
                     gxr[up0 + q] = gr[up0 + q] / dr[q] - coef2 * xr[up0 + q] * acc[q]
+
+
+# ------------------------------------------------------------------ the whole batch
+def lrn(x, size, alpha, beta, k):
+    """y (N, C, H, W) of C-contiguous x, images shared among the threads."""
+    n, c, h, w = x.shape
+    y = np.empty(x.shape, dtype=x.dtype)
+    x3, y3 = x.reshape(n, c, h * w), y.reshape(n, c, h * w)
+    consts = constants(x.dtype, size, alpha, beta, k)
+    parallel.over_images(n, lambda i: lrn_images(x3[i], size, *consts, y3[i]))
+    return y
+
+
+def lrn_backward(x, gy, size, alpha, beta, k):
+    """gx (N, C, H, W) of C-contiguous x and any gy."""
+    n, c, h, w = x.shape
+    gx = np.empty(x.shape, dtype=gy.dtype)
+    x3, gx3 = x.reshape(n, c, h * w), gx.reshape(n, c, h * w)
+    gy3 = np.ascontiguousarray(gy).reshape(n, c, h * w)
+    consts = constants(gy.dtype, size, alpha, beta, k)
+    parallel.over_images(n, lambda i: lrn_images_backward(x3[i], gy3[i], size, *consts, gx3[i]))
+    return gx

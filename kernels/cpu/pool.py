@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import parallel
 from .loops import copy, u64
 
 
@@ -32,8 +33,16 @@ def _offer(best, arg, b0, src, s0, stride, n, tap):
         arg[b0 + t] = tap if better else arg[b0 + t]
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _offer_max(best, b0, src, s0, stride, n):
+    """:func:`_offer` without the winners (inference: nothing will go backward)."""
+    for t in range(n):
+        v = src[s0 + t * stride]
+        best[b0 + t] = v if v > best[b0 + t] else best[b0 + t]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def _max_pool_stride1(x, k, pad, y, winner):
+def _max_pool_stride1(x, k, pad, y, winner, track):
     """Stride 1 (the Inception modules' 3x3/1 pools): each plane is copied into a -inf padded
     buffer of width wp, where output (yy, xx) at flat position q = yy*wp + xx reads
     q + i*wp + j for tap (i, j). Every tap is then one long contiguous loop over the whole
@@ -54,6 +63,13 @@ def _max_pool_stride1(x, k, pad, y, winner):
             for hh in range(h):
                 copy(xpad, (hh + pad) * wp + pad, plane[hh], 0, w)
             copy(best, 0, xpad, 0, m)
+            if not track:
+                for tap in range(1, k * k):
+                    _offer_max(best, u64(0), xpad, u64((tap // k) * wp + tap % k), u64(1),
+                               u64(m))
+                for yy in range(oh):
+                    copy(y_plane[yy], 0, best, yy * wp, ow)
+                continue
             for t in range(u64(m)):
                 arg[t] = 0
             for tap in range(1, k * k):
@@ -75,7 +91,7 @@ def _row_pass(xpad, k, stride, hb, harg):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _max_pool_separable(x, k, s, pad, y, winner):
+def _max_pool_separable(x, k, s, pad, y, winner, track):
     """Any stride (GoogLeNet's 3x3/2 pools), in two passes over a -inf padded plane:
 
     * along rows: hb[r, xx] = max_j xpad[r, s*xx + j] and its j. With the padded width
@@ -92,8 +108,12 @@ def _max_pool_separable(x, k, s, pad, y, winner):
     rows = max((oh - 1) * s + k, h + pad)
     m = rows * wq
     xpad = np.empty(rows * wp + k, dtype=x.dtype)   # + k: the last row's taps read past it
-    hb = np.empty(m, dtype=x.dtype)
-    harg = np.empty(m, dtype=np.uint8)
+    cm = oh * s * wq                                 # the column pass's positions
+    hb_all = np.full(max(m, cm + (k - 1) * wq), -np.inf, dtype=x.dtype)
+    harg_all = np.zeros(hb_all.size, dtype=np.uint8)
+    hb, harg = hb_all[:m], harg_all[:m]              # the row pass fills these
+    cb = np.empty(cm, dtype=x.dtype)
+    carg = np.empty(cm, dtype=np.uint8)
     for t in range(u64(xpad.size)):
         xpad[t] = -np.inf
     for ni in range(n):
@@ -105,29 +125,39 @@ def _max_pool_separable(x, k, s, pad, y, winner):
                 _row_pass(xpad, k, u64(2), hb, harg)
             else:
                 _row_pass(xpad, k, u64(s), hb, harg)
+            if not track:
+                for yy in range(oh):
+                    y_row = y_plane[yy]
+                    copy(y_row, 0, hb, yy * s * wq, ow)
+                    for i in range(1, k):
+                        _offer_max(y_row, u64(0), hb, u64((yy * s + i) * wq), u64(1), u64(ow))
+                continue
+            # Down the columns over the whole plane at once: position q = yy*s*wq + xx reads
+            # hb[q + i*wq] for row tap i, one long loop per tap (the s - 1 rows between
+            # output rows are computed too and dropped: cheaper than short loops of ow).
+            copy(cb, 0, hb_all, 0, cm)
+            copy(carg, 0, harg_all, 0, cm)
+            for i in range(1, k):
+                ri = u64(i * wq)
+                ik = np.uint8(i * k)
+                for q in range(u64(cm)):
+                    v = hb_all[ri + q]
+                    better = v > cb[q]
+                    cb[q] = v if better else cb[q]
+                    carg[q] = ik + harg_all[ri + q] if better else carg[q]
             for yy in range(oh):
-                y_row, w_row = y_plane[yy], w_plane[yy]
-                r0 = u64(yy * s * wq)
-                for xx in range(u64(ow)):
-                    y_row[xx] = hb[r0 + xx]
-                    w_row[xx] = harg[r0 + xx]
-                for i in range(1, k):
-                    ri = u64((yy * s + i) * wq)
-                    ik = np.uint8(i * k)
-                    for xx in range(u64(ow)):
-                        v = hb[ri + xx]
-                        better = v > y_row[xx]
-                        y_row[xx] = v if better else y_row[xx]
-                        w_row[xx] = ik + harg[ri + xx] if better else w_row[xx]
+                copy(y_plane[yy], 0, cb, yy * s * wq, ow)
+                copy(w_plane[yy], 0, carg, yy * s * wq, ow)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def max_pool_forward(x, k, s, pad, y, winner):
-    """x (N, C, H, W) -> y (N, C, OH, OW) and winner (N, C, OH, OW) uint8."""
+def max_pool_forward(x, k, s, pad, y, winner, track=True):
+    """x (N, C, H, W) -> y (N, C, OH, OW) and winner (N, C, OH, OW) uint8 (left unwritten
+    when ``track`` is False)."""
     if s == 1:
-        _max_pool_stride1(x, k, pad, y, winner)
+        _max_pool_stride1(x, k, pad, y, winner, track)
     else:
-        _max_pool_separable(x, k, s, pad, y, winner)
+        _max_pool_separable(x, k, s, pad, y, winner, track)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -191,3 +221,37 @@ def avg_pool_backward(gy, k, s, pad, dh, dw, gx):
                         row = plane[yy * s - pad + i]
                         for j in range(max(0, pad - xx * s), min(k, w + pad - xx * s)):
                             row[xx * s - pad + j] += share
+
+
+# ------------------------------------------------------------------ the whole batch
+def max_pool2d(x, k, s, pad, oh, ow, track=True):
+    """(y, winner) (N, C, OH, OW) of x (N, C, H, W), images shared among the threads;
+    winner is None unless ``track`` (only backward needs it)."""
+    y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
+    winner = np.empty(y.shape if track else (x.shape[0], 1, 1, 1), dtype=np.uint8)
+    parallel.over_images(x.shape[0], lambda i: max_pool_forward(x[i], k, s, pad, y[i],
+                                                                winner[i], track))
+    return y, (winner if track else None)
+
+
+def max_pool2d_backward(gy, winner, k, s, pad, x_shape):
+    """gx (x_shape): gy scattered to each window's winning tap."""
+    gx = np.empty(x_shape, dtype=gy.dtype)
+    parallel.over_images(gy.shape[0], lambda i: max_pool_backward(gy[i], winner[i], k, s, pad,
+                                                                  gx[i]))
+    return gx
+
+
+def avg_pool2d(x, k, s, pad, dh, dw):
+    """y (N, C, len(dh), len(dw)): window sums over Caffe's divisors dh[yy] * dw[xx]."""
+    y = np.empty(x.shape[:2] + (len(dh), len(dw)), dtype=x.dtype)
+    parallel.over_images(x.shape[0], lambda i: avg_pool_forward(x[i], k, s, pad, dh, dw, y[i]))
+    return y
+
+
+def avg_pool2d_backward(gy, k, s, pad, dh, dw, x_shape):
+    """gx (x_shape): every output's gy / divisor spread over its window."""
+    gx = np.empty(x_shape, dtype=gy.dtype)
+    parallel.over_images(gy.shape[0], lambda i: avg_pool_backward(gy[i], k, s, pad, dh, dw,
+                                                                  gx[i]))
+    return gx
