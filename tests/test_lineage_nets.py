@@ -134,6 +134,13 @@ def _randomise(model, rng):
     model.load_state_dict(state)
 
 
+def _peer(name):
+    """A function of the independent PyTorch versions (skips when PyTorch is absent)."""
+    pytest.importorskip("torch")
+    import torch_lineage
+    return getattr(torch_lineage, name)
+
+
 def _compare(model, torch_forward, x, labels, training=True, seed=0):
     """Run both in float64; assert logits, loss, every gradient and the running
     statistics agree to 1e-9 relative error."""
@@ -163,21 +170,21 @@ def _compare(model, torch_forward, x, labels, training=True, seed=0):
 
 @pytest.mark.parametrize("c3", ["loop", "masked"])
 def test_lenet5_matches_pytorch(c3):
-    from torch_lineage import lenet5
+    lenet5 = _peer("lenet5")
     x = np.random.default_rng(1).standard_normal((3, 1, 32, 32))
     _compare(LeNet5(num_classes=10, dtype="float64", seed=2), lambda P, x: lenet5(P, x, c3), x,
              np.array([3, 7, 0]))
 
 
 def test_alexnet_matches_pytorch():
-    from torch_lineage import alexnet
+    alexnet = _peer("alexnet")
     model = AlexNet(num_classes=10, dropout=0.0, dtype="float64", seed=3, image_size=67)
     x = np.random.default_rng(2).standard_normal((2, 3, 67, 67))
     _compare(model, alexnet, x, np.array([1, 9]))
 
 
 def test_nin_matches_pytorch():
-    from torch_lineage import nin
+    nin = _peer("nin")
     model = NiN(num_classes=10, dropout=0.0, dtype="float64", seed=4)
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32))
     _compare(model, nin, x, np.array([4, 2]))
@@ -185,7 +192,7 @@ def test_nin_matches_pytorch():
 
 @pytest.mark.parametrize("cls,training", [(ResNet34, True), (ResNet34, False), (ResNet18, True)])
 def test_resnet_matches_pytorch(cls, training):
-    from torch_lineage import resnet
+    resnet = _peer("resnet")
     from models.resnet import BLOCKS
     model = cls(num_classes=10, dtype="float64", seed=5)
     # Training mode at 64x64, so that layer4's batch statistics see 2x2x2 values: at 1x1
