@@ -124,8 +124,8 @@ def worker(args) -> dict:
 
 
 def run(args) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    from bench.train_throughput import user_env
+    env = user_env()
     cmd = [sys.executable, "-m", "bench.lineage_step", "--worker", "--nets", *args.nets,
            "--steps", str(args.steps), "--rounds", str(args.rounds), "--warmup", str(args.warmup)]
     if args.threads:

@@ -122,8 +122,8 @@ def _no_sync():
 
 # ----------------------------------------------------------------------------- parent
 def _env(threads: int | None) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    from bench.train_throughput import user_env
+    env = user_env()
     env["PYTHONPATH"] = str(_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     if threads:
         env["GOOGLENET_CPU_THREADS"] = str(threads)
@@ -265,10 +265,8 @@ def main(argv=None) -> int:
         return 1
     print(format_report(report))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {path}")
+        from bench.train_throughput import write_report
+        write_report(args.json, report)
     return 0
 
 

@@ -356,13 +356,24 @@ def _no_sync():
     return None
 
 
+def user_env(base: dict | None = None) -> dict:
+    """``base`` (default: this process's environment) without the OpenBLAS overrides: what a
+    user's shell gives a measured process."""
+    return {k: v for k, v in (os.environ if base is None else base).items()
+            if k not in OPENBLAS_OVERRIDES}
+
+
+def write_report(path, report: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def worker_env(framework: str, args, base: dict | None = None) -> dict:
     """The measured process's environment: ``base`` (default: ours) without the OpenBLAS
     overrides unless ``--keep-openblas-env``, plus the bench's own settings."""
-    env = dict(os.environ if base is None else base)
-    if not args.keep_openblas_env:
-        for k in OPENBLAS_OVERRIDES:
-            env.pop(k, None)
+    env = dict(os.environ if base is None else base) if args.keep_openblas_env else user_env(base)
     if args.threads:
         env["GOOGLENET_CPU_THREADS"] = str(args.threads)
         if framework == "ours":    # a one-thread pool leaves BLAS its own threads otherwise
@@ -700,10 +711,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {path}")
+        write_report(args.json, report)
     return 0
 
 
