@@ -49,6 +49,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.environment import user_env
+
 ROOT = Path(__file__).resolve().parents[1]
 MIN_STEP_S = 15      # a step is skipped when less than this is left before the deadline
 TAIL = 3000          # characters of each step's output kept in the JSON
@@ -142,13 +144,11 @@ def _run(step: Step, cap: float, out: Path, env: dict) -> dict:
 
 def run_all(out: Path, budget: float, only: set | None, dry_run: bool) -> dict:
     deadline = time.monotonic() + budget
-    env = dict(os.environ)
+    env = user_env()                                   # measure as users run
     env.update({"PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
                 "PYTHONUNBUFFERED": "1", "CI": "1", "CUPY_TF32": "0",
                 "GOOGLENET_AUTOTUNE_CACHE": str(out / "autotune.json"),
                 "GOOGLENET_DATA_DIR": str(out / "builtin")})
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):   # measure as users run
-        env.pop(var, None)
     report = {"command": " ".join([sys.executable, "-m", "bench.gpu_check", *sys.argv[1:]]),
               "outdir": str(out),
               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

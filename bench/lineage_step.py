@@ -124,7 +124,7 @@ def worker(args) -> dict:
 
 
 def run(args) -> dict:
-    from bench.train_throughput import user_env
+    from bench.environment import user_env
     env = user_env()
     cmd = [sys.executable, "-m", "bench.lineage_step", "--worker", "--nets", *args.nets,
            "--steps", str(args.steps), "--rounds", str(args.rounds), "--warmup", str(args.warmup)]

@@ -122,7 +122,7 @@ def _no_sync():
 
 # ----------------------------------------------------------------------------- parent
 def _env(threads: int | None) -> dict:
-    from bench.train_throughput import user_env
+    from bench.environment import user_env
     env = user_env()
     env["PYTHONPATH"] = str(_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     if threads:
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
         return 1
     print(format_report(report))
     if args.json:
-        from bench.train_throughput import write_report
+        from bench.environment import write_report
         write_report(args.json, report)
     return 0
 

@@ -72,10 +72,11 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from bench.environment import (OPENBLAS_OVERRIDES, blas_info, blas_text,  # noqa: E402
+                               overrides_seen, user_env, write_report)
+
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 2e-4
 FRAMEWORKS = ("ours", "torch")
-# Set on some machines to steer old OpenBLAS builds; users' processes do not have them.
-OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 # ----------------------------------------------------------------------------- PyTorch peer
@@ -230,19 +231,6 @@ def _time_steps(step, sync, warmup: int, steps: int):
     return times, cpu, first
 
 
-def blas_info() -> list[dict]:
-    """The BLAS libraries this process loaded, as threadpoolctl sees them: library, version,
-    the kernel core type OpenBLAS chose ("architecture") and its thread count."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return [{"internal_api": "unknown (threadpoolctl not installed)"}]
-    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "num_threads",
-            "threading_layer")
-    return [{k: lib[k] for k in keys if k in lib} for lib in threadpool_info()
-            if lib.get("user_api") == "blas"]
-
-
 def _worker_ours(args) -> dict:
     import engine as E
     from engine import SGD, Profiler, no_grad
@@ -276,7 +264,7 @@ def _worker_ours(args) -> dict:
         opt.step()
 
     out = {"base_rss_mib": base, "blas": blas, "sgemm_gflops": gemm,
-           "openblas_env": {k: os.environ.get(k) for k in OPENBLAS_OVERRIDES}}
+           "openblas_env": overrides_seen()}
     _measure(args, model, infer, train, sync, out)
     if args.device == "cuda":
         out["gpu_mib"] = xp.get_default_memory_pool().total_bytes() / 2**20   # held by the pool
@@ -354,20 +342,6 @@ def _worker_torch(args) -> dict:
 
 def _no_sync():
     return None
-
-
-def user_env(base: dict | None = None) -> dict:
-    """``base`` (default: this process's environment) without the OpenBLAS overrides: what a
-    user's shell gives a measured process."""
-    return {k: v for k, v in (os.environ if base is None else base).items()
-            if k not in OPENBLAS_OVERRIDES}
-
-
-def write_report(path, report: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {path}")
 
 
 def worker_env(framework: str, args, base: dict | None = None) -> dict:
@@ -589,7 +563,7 @@ def format_table(report: dict) -> str:
              f"medians of {st['steps']} steps x {st['rounds']} round(s) after {st['warmup']} warm-up",
              f"environment: OpenBLAS overrides {st.get('openblas_env', '-')}"]
     for f, info in report.get("blas", {}).items():
-        libs = "; ".join(_blas_text(lib) for lib in info.get("blas", [])) or "none found"
+        libs = "; ".join(blas_text(lib) for lib in info.get("blas", [])) or "none found"
         lines.append(f"BLAS ({f}): {libs}")
     if report.get("sgemm_gflops"):
         lines.append(f"SGEMM (NumPy, 2048^2 float32, in our workers' environment): "
@@ -631,15 +605,6 @@ def format_table(report: dict) -> str:
                  "the machine was busy or threads waited). CPU time: fair on a busy machine "
                  "with --threads 1; with more threads a waiting thread's spinning counts too")
     return "\n".join(lines)
-
-
-def _blas_text(lib: dict) -> str:
-    """'openblas 0.3.31 (SkylakeX kernels, 2 threads)' from a threadpoolctl record."""
-    extra = [f"{lib['architecture']} kernels"] if lib.get("architecture") else []
-    if lib.get("num_threads") is not None:
-        extra.append(f"{lib['num_threads']} threads")
-    return (f"{lib.get('internal_api', '?')} {lib.get('version') or ''}".strip()
-            + (f" ({', '.join(extra)})" if extra else ""))
 
 
 def _fmt(v, width, digits):
