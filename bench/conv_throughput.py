@@ -40,6 +40,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from bench.environment import (OPENBLAS_OVERRIDES, blas_info, blas_text,  # noqa: E402
+                               overrides_seen, user_env, write_report)
 from kernels.shapes import ConvShape, googlenet_conv_shapes  # noqa: E402
 
 DIRECTIONS = ("fwd", "bwd_data", "bwd_weight")
@@ -352,8 +355,43 @@ def _arrays_for(impl: Impl, host: dict, cache: dict):
 
 
 def run(args, out=None, err=None) -> dict:
-    """Measure everything selected by ``args``; print the table; return the JSON-ready report."""
+    """Measure everything selected by ``args``; print the table; return the JSON-ready report.
+
+    On the CPU the measurement runs in a child process started without the OpenBLAS overrides
+    (``user_env``) when this process has any, unless ``--keep-openblas-env``: OpenBLAS read
+    them when this process loaded it, so only a fresh process measures the user's default."""
     out = sys.stdout if out is None else out
+    present = {k: os.environ[k] for k in OPENBLAS_OVERRIDES if k in os.environ}
+    removed = sorted(present) if args.device == "cpu" and not args.keep_openblas_env else []
+    measured = measure_in_user_env(args) if removed else measure(args, err)
+    report = {"command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m",
+                                                           "bench.conv_throughput", *args.argv]),
+              **measured}
+    report["openblas_env"] = {"removed": removed,
+                              "kept": {k: v for k, v in present.items() if k not in removed},
+                              **measured["openblas_env"]}
+    _print_table(report, out)
+    return report
+
+
+def measure_in_user_env(args) -> dict:
+    """``measure(args)`` in a child process whose environment lacks the OpenBLAS overrides
+    (its progress goes to our stderr; its report comes back as the last line of its stdout)."""
+    cmd = [sys.executable, "-m", "bench.conv_throughput", *args.argv, "--device", "cpu",
+           "--worker"]
+    env = user_env()
+    env["PYTHONPATH"] = str(_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(cmd, cwd=_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"the measuring process failed (exit status {proc.returncode}); "
+                         "its error is above")
+    return json.loads(lines[-1])
+
+
+def measure(args, err=None) -> dict:
+    """Time every selected (layer, direction, implementation) in this process; the report
+    without the command line, with the BLAS this process loaded and the overrides it saw."""
     err = sys.stderr if err is None else err
     device = args.device
     notes = []
@@ -379,12 +417,7 @@ def run(args, out=None, err=None) -> dict:
         wanted = [s for s in args.impls.split(",") if s]
         impls = [i for i in impls if any(s in i.name for s in wanted)]
     directions = [d for d in args.directions.split(",") if d]
-    for d in directions:
-        if d not in DIRECTIONS:
-            raise SystemExit(f"unknown direction {d!r}; expected some of {','.join(DIRECTIONS)}")
     shapes = [s for s in googlenet_conv_shapes() if not args.only or args.only in s.name]
-    if not shapes:
-        raise SystemExit(f"no GoogLeNet convolution matches --only {args.only!r}")
 
     facts = device_facts(device)
     ref_name = next((n for n in ("torch-cudnn-fp32", "torch-cpu") if any(i.name == n for i in impls)),
@@ -436,12 +469,12 @@ def run(args, out=None, err=None) -> dict:
                 pass
 
     report = {
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m",
-                                                      "bench.conv_throughput", *args.argv]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "device_facts": facts,
         "versions": software_versions(),
+        "blas": blas_info(),
+        "openblas_env": {"measured_process": overrides_seen()},
         "batch": args.batch,
         "repeat": args.repeat,
         "warmup": args.warmup,
@@ -466,8 +499,7 @@ def run(args, out=None, err=None) -> dict:
             "vs_ref": (ref / r.ms) if (ok and ref) else None, "error": r.error or None,
         })
     report["totals"] = _totals(rows, impls, directions, ref_name, peak)
-    _print_table(report, out)
-    return report
+    return _finite(report)
 
 
 def _totals(rows, impls, directions, ref_name, peak) -> dict:
@@ -515,6 +547,9 @@ def _print_table(report, out):
     if gpu and facts.get("peak_tflops"):
         print(f"FP32 peak {facts['peak_tflops']} TFLOP/s ({facts['sm_count']} SMs x "
               f"{facts['clock_mhz']:.0f} MHz x {facts['fp32_lanes_per_sm']} lanes x 2)", file=out)
+    print(f"environment: {_overrides_text(report['openblas_env'])}", file=out)
+    print("BLAS: " + ("; ".join(blas_text(lib) for lib in report["blas"]) or "none found"),
+          file=out)
     print(f"vs ref = {report['reference_impl']} time / this time (>1 is faster)", file=out)
     for n in report["notes"]:
         print(f"note: {n}", file=out)
@@ -546,6 +581,16 @@ def _print_table(report, out):
             line += f"{_fmt(t['pct_peak'], '6.1f')} " if gpu else ""
             line += f"{_fmt(t['vs_ref'], '7.2f')} {t['first_call_ms']:12.1f}"
             print(line, file=out)
+
+
+def _overrides_text(env: dict) -> str:
+    """'OpenBLAS overrides removed (user default): OPENBLAS_CORETYPE' and the like."""
+    parts = []
+    if env["removed"]:
+        parts.append("removed (user default): " + ", ".join(env["removed"]))
+    if env["kept"]:
+        parts.append("kept: " + ", ".join(f"{k}={v}" for k, v in env["kept"].items()))
+    return "OpenBLAS overrides " + ("; ".join(parts) or "none set")
 
 
 # ----------------------------------------------------------------------------- plot
@@ -626,6 +671,11 @@ def parse_args(argv=None):
     ap.add_argument("--json", metavar="PATH", help="write the full report (results, totals, "
                     "device, versions, command line) as JSON")
     ap.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of the totals")
+    ap.add_argument("--keep-openblas-env", action="store_true",
+                    help="on the CPU, measure with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE as "
+                         "this environment sets them; default: in a process without them, as "
+                         "users' processes are")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.argv = argv
     if args.device is None:
@@ -643,6 +693,11 @@ def parse_args(argv=None):
         args.warmup = 3 if gpu else 1
     if args.batch < 1 or args.repeat < 1 or args.warmup < 0:
         ap.error("--batch and --repeat must be >= 1, --warmup >= 0")
+    unknown = [d for d in args.directions.split(",") if d and d not in DIRECTIONS]
+    if unknown:
+        ap.error(f"unknown direction {unknown[0]!r}; expected some of {','.join(DIRECTIONS)}")
+    if not any(not args.only or args.only in s.name for s in googlenet_conv_shapes()):
+        ap.error(f"no GoogLeNet convolution matches --only {args.only!r}")
     return args
 
 
@@ -659,11 +714,13 @@ def _finite(obj):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.worker:      # the measuring child of measure_in_user_env: the report, one line
+        print(json.dumps(measure(args), default=str))
+        return 0
     report = run(args)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_finite(report), indent=1, default=str) + "\n")
-        print(f"\nwrote {args.json}")
+        print()
+        write_report(args.json, report)
     if args.plot:
         plot(report, args.plot)
         print(f"wrote {args.plot}")
