@@ -3,6 +3,7 @@
     python -m bench.conv_throughput                         # GPU if usable, else CPU
     python -m bench.conv_throughput --device cpu --batch 2 --only inception_3a
     python -m bench.conv_throughput --json bench/results/h100.json --plot bench/results/h100.png
+    python -m bench.conv_throughput --device cpu --keep-openblas-env  # OPENBLAS_CORETYPE/_L2_SIZE kept
 
 For each of GoogLeNet's 59 convolutions (``kernels.shapes``) and each direction (forward,
 backward to the input, backward to the weights) it times every implementation available here:
@@ -29,6 +30,16 @@ Throughput counts 2 * MACs floating-point operations; %peak divides by the devic
 reference's time over this implementation's time (above 1: faster than the reference), the
 reference being torch-cudnn-fp32 on the GPU and torch-cpu on the CPU when present. Totals add
 times and FLOPs over the layers that every implementation of the table ran in that direction.
+
+Environment: on the CPU the measurements run in the user's default environment. When
+``OPENBLAS_CORETYPE`` or ``OPENBLAS_L2_SIZE`` is set (they override OpenBLAS's choice of
+kernels and blocking for the CPU, and OpenBLAS reads them once, when NumPy loads it), the bench
+measures in a child process started without them (``--worker``; its progress still shows, the
+table and files come from the parent); ``--keep-openblas-env`` measures in this process with
+them kept. The JSON's ``openblas_env`` says which were removed or kept and what the measuring
+process saw; ``blas`` (and the table's "BLAS" line) the BLAS it loaded, as threadpoolctl reports
+it: library, version, the kernels ("architecture") OpenBLAS chose, threads. The GPU path measures
+in this process (its GEMMs are cuBLAS's) and records the same.
 """
 from __future__ import annotations
 
