@@ -3,7 +3,7 @@
     python -m bench.conv_throughput                         # GPU if usable, else CPU
     python -m bench.conv_throughput --device cpu --batch 2 --only inception_3a
     python -m bench.conv_throughput --json bench/results/h100.json --plot bench/results/h100.png
-    python -m bench.conv_throughput --device cpu --keep-openblas-env  # OPENBLAS_CORETYPE/_L2_SIZE kept
+    python -m bench.conv_throughput --device cpu --keep-openblas-env   # OpenBLAS overrides kept
 
 For each of GoogLeNet's 59 convolutions (``kernels.shapes``) and each direction (forward,
 backward to the input, backward to the weights) it times every implementation available here:
