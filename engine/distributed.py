@@ -273,7 +273,7 @@ class DistributedOptimizer:
         return getattr(self.optimizer, name)
 
     def __setattr__(self, name, value):
-        if name in ("lr", "momentum", "weight_decay", "nesterov", "velocity"):
+        if name in ("lr",) + type(self.optimizer).hyper_names + ("buffers",):
             setattr(self.optimizer, name, value)
         else:
             object.__setattr__(self, name, value)

@@ -1,7 +1,10 @@
-"""Stochastic gradient descent with momentum, weight decay and per-group multipliers.
+"""Optimisers (SGD with momentum, Adam) and Polyak averaging.
 
-For each parameter ``w`` with gradient ``g``, learning rate ``lr * lr_mult`` and
-decay ``wd * decay_mult``::
+Both optimisers take per-group multipliers (Caffe's ``lr_mult``/``decay_mult``): for each
+parameter ``w`` with gradient ``g`` the rate is ``lr * lr_mult`` and the decay
+``wd * decay_mult``.
+
+SGD (the paper's optimiser)::
 
     d = g + wd * decay_mult * w
     v = momentum * v + d                 (v starts at d on the first step)
@@ -10,6 +13,19 @@ decay ``wd * decay_mult``::
 This is PyTorch's formulation; with a constant learning rate it equals Caffe's
 ``v = m v + lr d; w -= v``. The learning rate enters at the update, so a
 schedule that changes ``lr`` takes effect at once.
+
+Adam (Kingma and Ba 2015) with decoupled weight decay (Loshchilov and Hutter 2019), for the
+t-th step::
+
+    m = beta1 * m + (1 - beta1) * g          (m, v start at 0)
+    v = beta2 * v + (1 - beta2) * g * g
+    w = w - lr * lr_mult * (wd * decay_mult * w
+                            + (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps))
+
+Each parameter's step is its gradient's running mean over its running root-mean-square, so
+every layer moves at about ``lr`` per step whatever the scale of its gradients; networks
+without batch normalisation, whose layers' gradients differ by orders of magnitude at the
+start, leave their initial plateau in far fewer steps than with SGD.
 """
 from __future__ import annotations
 
@@ -18,31 +34,33 @@ import numpy as np
 from . import backend
 
 
-def _fusable(w, g) -> bool:
-    """Whether ``kernels.cpu.sgd`` can update this parameter (NumPy, Numba importable)."""
+def _fused_kernels(w, g):
+    """``kernels.cpu.sgd`` when it can update this parameter (NumPy, Numba importable)."""
     from kernels import cpu
     if not cpu.available():
-        return False
+        return None
     from kernels.cpu import sgd
-    return sgd.fusable(w, g)
+    return sgd if sgd.fusable(w, g) else None
 
 
-class SGD:
-    """``SGD(params, lr, momentum=0, weight_decay=0, nesterov=False)``.
+class Optimizer:
+    """What SGD and Adam share: parameter groups, ``zero_grad``, per-parameter buffers
+    (``self.buffers[name][i]`` for the i-th parameter, created at its first step) and
+    their checkpointing.
 
     ``params`` is an iterable of ``Parameter``s or of dicts (parameter groups)
     ``{"params": [...], "lr_mult": 2.0, "decay_mult": 0.0}``. Each parameter's
     own ``lr_mult``/``decay_mult`` attributes multiply the group's.
+    Subclasses set ``buffer_names`` and ``hyper_names`` and write ``step``.
     """
+    buffer_names: tuple = ()
+    hyper_names: tuple = ()
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-                 nesterov: bool = False):
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got "
-                             f"{lr}, {momentum}, {weight_decay}")
-        if nesterov and momentum == 0:
-            raise ValueError("SGD: nesterov needs momentum > 0")
-        self.lr, self.momentum, self.weight_decay, self.nesterov = lr, momentum, weight_decay, nesterov
+    def __init__(self, params, lr: float, weight_decay: float):
+        name = type(self).__name__
+        if lr < 0 or weight_decay < 0:
+            raise ValueError(f"{name}: lr and weight_decay must be >= 0, got {lr}, {weight_decay}")
+        self.lr, self.weight_decay = lr, weight_decay
         params = list(params)
         if params and not isinstance(params[0], dict):
             params = [{"params": params}]
@@ -54,9 +72,9 @@ class SGD:
         seen = set()
         for p in self.params:
             if id(p) in seen:
-                raise ValueError("SGD: a parameter appears in more than one group")
+                raise ValueError(f"{name}: a parameter appears in more than one group")
             seen.add(id(p))
-        self.velocity = [None] * len(self.params)
+        self.buffers = {b: [None] * len(self.params) for b in self.buffer_names}
 
     @property
     def params(self):
@@ -66,62 +84,131 @@ class SGD:
         for p in self.params:
             p.grad = None
 
-    def step(self) -> None:
-        i, fused = 0, []
+    def _with_grads(self):
+        """(index, parameter, its rate, its decay) of every parameter that has a gradient."""
+        i = 0
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(i, p, group, fused)
+                    lr = self.lr * group["lr_mult"] * getattr(p, "lr_mult", 1.0)
+                    wd = self.weight_decay * group["decay_mult"] * getattr(p, "decay_mult", 1.0)
+                    yield i, p, lr, wd
                 i += 1
+
+    # --- checkpoints
+    def state_dict(self) -> dict:
+        """Hyper-parameters (JSON-able) and buffers (NumPy arrays), keyed ``<name><i>`` for
+        the i-th parameter (SGD's momentum buffers: just ``<i>``)."""
+        return {"hyper": {k: getattr(self, k) for k in ("lr", "weight_decay") + self.hyper_names},
+                "buffers": {f"{self._prefix(b)}{i}": backend.to_numpy(a)
+                            for b, arrays in self.buffers.items()
+                            for i, a in enumerate(arrays) if a is not None}}
+
+    def load_state_dict(self, state: dict) -> None:
+        hyper = state["hyper"]
+        for k in ("lr", "weight_decay") + self.hyper_names:
+            setattr(self, k, type(getattr(self, k))(hyper[k]))
+        params = self.params
+        buffers = {b: [None] * len(params) for b in self.buffer_names}
+        prefixes = sorted(((self._prefix(b), b) for b in self.buffer_names),
+                          key=lambda pb: -len(pb[0]))
+        for key, a in state["buffers"].items():
+            prefix, name = next(((p, b) for p, b in prefixes if key.startswith(p)), (None, None))
+            index = key[len(prefix):] if name else ""
+            if not index.isdigit() or int(index) >= len(params) \
+                    or tuple(a.shape) != params[int(index)].shape:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: buffer {key!r} of "
+                                 f"shape {tuple(a.shape)} does not fit the parameters")
+            p = params[int(index)]
+            buffers[name][int(index)] = backend.to_device(np.asarray(a), p.device).astype(p.dtype)
+        self.buffers = buffers
+
+    def _prefix(self, buffer_name: str) -> str:
+        return "" if buffer_name == self.buffer_names[0] and len(self.buffer_names) == 1 \
+            else buffer_name
+
+
+class SGD(Optimizer):
+    """``SGD(params, lr, momentum=0, weight_decay=0, nesterov=False)``; see the module
+    docstring for the update and ``Optimizer`` for ``params``."""
+    buffer_names = ("velocity",)
+    hyper_names = ("momentum", "nesterov")
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False):
+        if momentum < 0:
+            raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
+        if nesterov and momentum == 0:
+            raise ValueError("SGD: nesterov needs momentum > 0")
+        super().__init__(params, lr, weight_decay)
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    @property
+    def velocity(self) -> list:
+        return self.buffers["velocity"]
+
+    def step(self) -> None:
+        fused = []
+        for i, p, lr, wd in self._with_grads():
+            if self.momentum and _fused_kernels(p.data, p.grad):
+                first = self.velocity[i] is None
+                if first:
+                    self.velocity[i] = np.empty_like(p.data)
+                fused.append((p.data, p.grad, self.velocity[i], lr, wd, first))
+                continue
+            d = p.grad if wd == 0 else p.grad + wd * p.data
+            if self.momentum:
+                v = self.velocity[i]
+                if v is None:
+                    v = self.velocity[i] = d.copy()
+                else:
+                    v *= self.momentum
+                    v += d
+                d = d + self.momentum * v if self.nesterov else v
+            p.data -= lr * d  # in place: keeps the array the model and the optimizer share
         if fused:   # NumPy parameters: the same update in one pass each, on all cores
             from kernels.cpu import sgd
             sgd.update(fused, self.momentum, self.nesterov)
 
-    def _update(self, i, p, group, fused):
-        lr = self.lr * group["lr_mult"] * getattr(p, "lr_mult", 1.0)
-        wd = self.weight_decay * group["decay_mult"] * getattr(p, "decay_mult", 1.0)
-        if self.momentum and _fusable(p.data, p.grad):
-            first = self.velocity[i] is None
-            if first:
-                self.velocity[i] = np.empty_like(p.data)
-            fused.append((p.data, p.grad, self.velocity[i], lr, wd, first))
-            return
-        d = p.grad if wd == 0 else p.grad + wd * p.data
-        if self.momentum:
-            v = self.velocity[i]
-            if v is None:
-                v = self.velocity[i] = d.copy()
-            else:
-                v *= self.momentum
-                v += d
-            d = d + self.momentum * v if self.nesterov else v
-        p.data -= lr * d  # in place: keeps the array the model and the optimizer share
 
-    # --- checkpoints
-    def state_dict(self) -> dict:
-        """Hyper-parameters (JSON-able) and momentum buffers (NumPy arrays by index)."""
-        return {
-            "hyper": {"lr": self.lr, "momentum": self.momentum,
-                      "weight_decay": self.weight_decay, "nesterov": self.nesterov},
-            "velocity": {str(i): backend.to_numpy(v)
-                         for i, v in enumerate(self.velocity) if v is not None},
-        }
+class Adam(Optimizer):
+    """``Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)``, the weight
+    decay decoupled from the gradient statistics (PyTorch's ``AdamW``); see the module
+    docstring for the update and ``Optimizer`` for ``params``."""
+    buffer_names = ("m", "v")
+    hyper_names = ("beta1", "beta2", "eps", "steps")
 
-    def load_state_dict(self, state: dict) -> None:
-        hyper = state["hyper"]
-        self.lr = float(hyper["lr"])
-        self.momentum = float(hyper["momentum"])
-        self.weight_decay = float(hyper["weight_decay"])
-        self.nesterov = bool(hyper["nesterov"])
-        params = self.params
-        velocity = [None] * len(params)
-        for key, v in state["velocity"].items():
-            i = int(key)
-            if i >= len(params) or tuple(v.shape) != params[i].shape:
-                raise ValueError(f"SGD.load_state_dict: momentum buffer {i} of shape "
-                                 f"{tuple(v.shape)} does not fit the parameters")
-            velocity[i] = backend.to_device(np.asarray(v), params[i].device).astype(params[i].dtype)
-        self.velocity = velocity
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        beta1, beta2 = betas
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1 and eps > 0):
+            raise ValueError(f"Adam: betas must be in [0, 1) and eps > 0, got {betas}, {eps}")
+        super().__init__(params, lr, weight_decay)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.steps = 0      # t: the bias corrections use it; one count for all parameters
+
+    def step(self) -> None:
+        self.steps += 1
+        c1, c2 = 1.0 - self.beta1 ** self.steps, 1.0 - self.beta2 ** self.steps
+        m_all, v_all, fused = self.buffers["m"], self.buffers["v"], []
+        for i, p, lr, wd in self._with_grads():
+            if m_all[i] is None:
+                xp = backend.get_array_module(p.data)
+                m_all[i], v_all[i] = xp.zeros_like(p.data), xp.zeros_like(p.data)
+            if _fused_kernels(p.data, p.grad):
+                fused.append((p.data, p.grad, m_all[i], v_all[i], lr, wd))
+                continue
+            m, v, g = m_all[i], v_all[i], p.grad
+            m *= self.beta1
+            m += (1 - self.beta1) * g
+            v *= self.beta2
+            v += (1 - self.beta2) * (g * g)
+            if wd:
+                p.data -= (lr * wd) * p.data
+            p.data -= (lr / c1) * m / (backend.get_array_module(v).sqrt(v / c2) + self.eps)
+        if fused:
+            from kernels.cpu import sgd
+            sgd.adam_update(fused, self.beta1, self.beta2, self.eps, c1, c2)
 
 
 class PolyakAverage:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import engine as E
-from engine import Function, Module, Parameter, SGD, Tensor, gradcheck, no_grad
+from engine import Adam, Function, Module, Parameter, SGD, Tensor, gradcheck, no_grad
 from engine import backend
 
 
@@ -263,6 +263,66 @@ def test_sgd_matches_torch_when_installed():
             tw.grad = torch.tensor(g.copy())
             topt.step()
         np.testing.assert_allclose(w.data, tw.detach().numpy(), rtol=1e-12)
+
+
+def _reference_adamw(w, grads, lr, wd, betas=(0.9, 0.999), eps=1e-8):
+    """Adam with decoupled weight decay written out from its definition (float64)."""
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, 1):
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        w = w - lr * wd * w - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return w
+
+
+def test_adam_matches_its_definition_with_groups_and_resumes_exactly():
+    rng = np.random.default_rng(5)
+    w0, b0 = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    grads = [(rng.standard_normal((4, 3)), rng.standard_normal(3)) for _ in range(6)]
+
+    def make(w, b):
+        return Adam([{"params": [w]}, {"params": [b], "lr_mult": 2.0, "decay_mult": 0.0}],
+                    lr=0.01, weight_decay=0.1)
+    w, b = Parameter(w0.copy()), Parameter(b0.copy())
+    opt = make(w, b)
+    for gw, gb in grads[:3]:
+        w.grad, b.grad = gw.copy(), gb.copy()
+        opt.step()
+    # Resume from the state after three steps in a fresh optimiser: the same last three.
+    w2, b2 = Parameter(w.data.copy()), Parameter(b.data.copy())
+    opt2 = make(w2, b2)
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.steps == 3
+    for o, p, q in ((opt, w, b), (opt2, w2, b2)):
+        for gw, gb in grads[3:]:
+            p.grad, q.grad = gw.copy(), gb.copy()
+            o.step()
+    gws, gbs = [g for g, _ in grads], [g for _, g in grads]
+    np.testing.assert_allclose(w.data, _reference_adamw(w0, gws, 0.01, 0.1), rtol=1e-12)
+    np.testing.assert_allclose(b.data, _reference_adamw(b0, gbs, 0.02, 0.0), rtol=1e-12)
+    np.testing.assert_array_equal(w2.data, w.data)
+    np.testing.assert_array_equal(b2.data, b.data)
+    with pytest.raises(ValueError, match="betas"):
+        Adam([w], betas=(1.0, 0.999))
+    with pytest.raises(ValueError, match="does not fit"):
+        make(Parameter(np.zeros(2)), Parameter(np.zeros(3))).load_state_dict(opt.state_dict())
+
+
+def test_adam_matches_torch_adamw_when_installed():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    w0 = rng.standard_normal(7)
+    w = Parameter(w0.copy())
+    opt = Adam([w], lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.02)
+    tw = torch.tensor(w0.copy(), requires_grad=True)
+    topt = torch.optim.AdamW([tw], lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.02)
+    for _ in range(5):
+        g = rng.standard_normal(7)
+        w.grad, tw.grad = g.copy(), torch.tensor(g.copy())
+        opt.step()
+        topt.step()
+    np.testing.assert_allclose(w.data, tw.detach().numpy(), rtol=1e-12)
 
 
 def test_train_a_tiny_model_end_to_end():

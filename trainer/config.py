@@ -20,7 +20,8 @@ RECIPE = None   # "take this from the network's recipe"
 # Settings that may change when a run is resumed; all others are part of the run and must
 # match the checkpoint (a different learning rate would silently make a different run).
 # Settings added after checkpoints were first written: a saved run without one had it unset.
-ADDED_SETTINGS = {"weights": None, "center_images": False, "distributed": False}
+ADDED_SETTINGS = {"weights": None, "center_images": False, "distributed": False,
+                  "optimizer": "sgd"}
 
 RESUMABLE_CHANGES = ("epochs", "device", "workers", "print_freq", "data", "output_dir",
                      "builtin_dir", "resume", "overwrite", "distributed")
@@ -53,7 +54,10 @@ class TrainConfig:
                                              "lr/10 to lr at the start of the run (0: none)")
     lr_step_size: int | None = _f(RECIPE, "epochs between learning-rate drops")
     lr_gamma: float | None = _f(RECIPE, "learning-rate multiplier at each drop")
-    momentum: float | None = _f(RECIPE, "SGD momentum")
+    optimizer: str | None = _f(RECIPE, "'sgd' (with momentum, the paper's) or 'adam' "
+                                        "(betas 0.9, 0.999; weight decay decoupled, as AdamW)",
+                               choices=("sgd", "adam"))
+    momentum: float | None = _f(RECIPE, "SGD momentum (sgd only)")
     wd: float | None = _f(RECIPE, "weight decay (L2); a network's module says which parameters "
                                    "it exempts (GoogLeNet: the biases, as in Caffe)")
     init: str | None = _f(RECIPE, "weight initialisation (the network's module documents each)")
@@ -119,7 +123,7 @@ BUILTIN_DATA_DEFAULTS = {"builtin_classes": 10, "builtin_train": 120, "builtin_v
 
 
 # Recipe fields a network's recipe may leave out.
-RECIPE_DEFAULTS = {"warmup_epochs": 0.0, "center_images": False}
+RECIPE_DEFAULTS = {"warmup_epochs": 0.0, "center_images": False, "optimizer": "sgd"}
 
 
 def recipe_for(spec, builtin: bool) -> dict:

@@ -134,20 +134,25 @@ class Distributed:
             broadcast_parameters(model.parameters(), self.comm)
 
     def broadcast_run(self, model, opt, ema) -> None:
-        """Rank 0's parameters, momentum buffers and averaged weights to every process (after
+        """Rank 0's parameters, optimiser state and averaged weights to every process (after
         rank 0 alone read a checkpoint: other machines need not see the file)."""
         if not self.active:
             return
         self.broadcast_model(model)
-        sgd = getattr(opt, "optimizer", opt)
-        present = self.comm.bcast_object([v is not None for v in sgd.velocity])
-        for i, (p, has) in enumerate(zip(sgd.params, present)):
-            if has:
-                if sgd.velocity[i] is None:
-                    sgd.velocity[i] = p.data.copy()
-                self.comm.bcast(sgd.velocity[i])
-            else:
-                sgd.velocity[i] = None
+        inner = getattr(opt, "optimizer", opt)
+        hyper = self.comm.bcast_object(inner.state_dict()["hyper"])
+        for k, v in hyper.items():
+            setattr(inner, k, v)
+        for name in inner.buffer_names:
+            buffers = inner.buffers[name]
+            present = self.comm.bcast_object([b is not None for b in buffers])
+            for i, (p, has) in enumerate(zip(inner.params, present)):
+                if has:
+                    if buffers[i] is None:
+                        buffers[i] = p.data.copy()
+                    self.comm.bcast(buffers[i])
+                else:
+                    buffers[i] = None
         if ema is not None:
             for name in sorted(ema.shadow):
                 self.comm.bcast(ema.shadow[name])

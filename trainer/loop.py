@@ -41,7 +41,7 @@ from data import DataLoader, ImageFolder, default_workers
 from data.builtin import make_builtin
 from data.preprocessing import Prepared, Preprocessing
 from data.transforms import eval_transform, train_transform
-from engine import SGD, PolyakAverage, backend, no_grad
+from engine import SGD, Adam, PolyakAverage, backend, no_grad
 from engine.io import atomic_write, remove_stale_temporaries
 from models.spec import get_spec
 from trainer import checkpoint as ckpt
@@ -102,6 +102,13 @@ def evaluate(model, loader, device: str, desc: str = "val", dist: Distributed | 
     if n == 0:
         raise TrainingError(f"{desc}: no readable images to evaluate")
     return {"loss": loss_sum / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": n}
+
+
+def make_optimizer(cfg: TrainConfig, params):
+    """The run's optimiser: SGD with momentum (the paper's) or Adam."""
+    if cfg.optimizer == "adam":
+        return Adam(params, lr=cfg.lr, weight_decay=cfg.wd)
+    return SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
 
 
 def lr_at(cfg: TrainConfig, epoch: float) -> float:
@@ -220,7 +227,7 @@ class RunState:
 def _save(path, model, opt, ema, state, cfg, spec, classes, world_size: int = 1) -> None:
     # state_dict: the parameters and the buffers (batch norm's running statistics).
     groups = {"model": {n: backend.to_numpy(a) for n, a in model.state_dict().items()},
-              "optim": opt.state_dict()["velocity"]}
+              "optim": opt.state_dict()["buffers"]}
     if ema is not None:
         groups["ema"] = {n: backend.to_numpy(a) for n, a in ema.shadow.items()}
     meta = {"kind": ckpt.RUN_KIND, "epoch": state.epoch, "step": state.step,
@@ -241,7 +248,7 @@ def _restore(path, model, opt, ema, classes) -> RunState:
     try:
         groups = ckpt.unpack_namespaces(arrays)
         ckpt.load_weights(model, groups["model"], path, "model")
-        opt.load_state_dict({"hyper": meta["optim"], "velocity": groups.get("optim", {})})
+        opt.load_state_dict({"hyper": meta["optim"], "buffers": groups.get("optim", {})})
         if ema is not None:
             if "ema" in groups:
                 shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -324,8 +331,7 @@ def train(config: TrainConfig, spec=None) -> dict:
         from trainer.finetune import load_initial_weights
         load_initial_weights(model, cfg.weights, classes, spec, cfg.image_size)
     dist.broadcast_model(model)
-    opt = dist.wrap(SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                        weight_decay=cfg.wd))
+    opt = dist.wrap(make_optimizer(cfg, model.parameters()))
     ema = PolyakAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     state = RunState()
     out = cfg.output_dir
@@ -342,7 +348,7 @@ def train(config: TrainConfig, spec=None) -> dict:
     source = cfg.data or f"the built-in {spec.builtin_data} dataset ({root})"
     log(f"training {spec.title} on {device}: {len(train_set)} images of {len(classes)} classes "
         f"from {source}; {cfg.image_size}x{cfg.image_size}, {dist.describe_batch(cfg.batch_size)}, "
-        f"{cfg.epochs} epochs, lr {cfg.lr:g}"
+        f"{cfg.epochs} epochs, {'Adam' if cfg.optimizer == 'adam' else 'SGD'} lr {cfg.lr:g}"
         + (f" (warm-up {cfg.warmup_epochs:g} epochs)" if cfg.warmup_epochs else "")
         + f", {cfg.init} init, {model.num_parameters() / 1e6:.2f} M parameters; output in {out}")
 

@@ -13,7 +13,7 @@ the batch out over the threads. Modules:
 * ``pool``      -- max pooling (maximum and winning tap over -inf padded planes; backward by
   scatter, plane by plane) and average pooling;
 * ``lrn``       -- cross-channel LRN forward and backward in one pass each;
-* ``sgd``       -- ``engine.SGD``'s momentum update in one pass per parameter;
+* ``sgd``       -- ``engine.SGD``'s and ``engine.Adam``'s updates in one pass per parameter;
 * ``loops``     -- the copy/add/zero loops they share (unsigned indices, so they vectorise);
 * ``parallel``  -- the thread pool: whole images per thread, OpenBLAS on one thread;
 * ``workspace`` -- per-thread buffers reused from call to call instead of reallocated;
