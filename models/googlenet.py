@@ -216,8 +216,9 @@ RECIPE = {"epochs": 90, "batch_size": 32, "lr": 0.01, "warmup_epochs": 0.0, "lr_
 
 # Without --data: the built-in shapes dataset, sized so that a 2-core CPU finishes in a few
 # minutes. docs/googlenet.md ("The built-in run") explains each choice.
-BUILTIN = {"epochs": 20, "batch_size": 16, "lr": 0.01, "warmup_epochs": 1.0, "image_size": 64,
-           "crop_scale": 0.5, "init": "msra", "center_images": True}
+BUILTIN = {"epochs": 6, "batch_size": 32, "optimizer": "adam", "lr": 3e-4, "warmup_epochs": 0.2,
+           "image_size": 64, "crop_scale": 0.65, "init": "msra", "center_images": True,
+           "builtin_train": 360}
 
 SPEC = NetworkSpec(
     name="googlenet", title="GoogLeNet (Inception v1)", build=build, in_channels=3,

@@ -69,14 +69,13 @@ def test_synthetic_images_drawn_by_several_processes_are_each_images_own(tmp_pat
     exactly what render_image draws from that image's own seed."""
     root = make_synthetic_imagefolder(str(tmp_path / "big"), num_classes=2, train_per_class=150,
                                       val_per_class=1, image_size=16, seed=3)
-    for split_id, split, class_id, name, i in [(0, "train", 0, "circle", 0),
-                                               (0, "train", 1, "square", 149),
-                                               (0, "train", 0, "circle", 61),
-                                               (1, "val", 1, "square", 0)]:
+    for split_id, split, class_id, i in [(0, "train", 0, 0), (0, "train", 1, 149),
+                                         (0, "train", 0, 61), (1, "val", 1, 0)]:
+        name = CLASS_NAMES[class_id]
         path = os.path.join(root, split, name, f"{name}_{i:05d}.png")
         expected = render_image(name, 16, np.random.default_rng([3, split_id, class_id, i]))
         np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(expected))
-    assert len(os.listdir(os.path.join(root, "train", "square"))) == 150
+    assert len(os.listdir(os.path.join(root, "train", CLASS_NAMES[1]))) == 150
 
 
 def test_synthetic_reuse_and_regenerate(tmp_path):

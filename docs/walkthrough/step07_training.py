@@ -18,7 +18,7 @@
 # convolution, LRN, max pool), two of the same Inception modules with narrower branches
 # instead of nine, the same global average pool, dropout and linear classifier, Caffe's
 # initialisation. 0.1 M parameters instead of 7 M, on 32x32 images of the project's
-# synthetic dataset (discs, squares, triangles and stripes over noisy backgrounds,
+# synthetic dataset (discs, stars, triangles and stripes over noisy backgrounds,
 # random colours). It learns visibly in about a hundred steps; do not read more into the
 # numbers than "the loop, the loss and the gradients work together".
 import csv
