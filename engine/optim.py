@@ -235,10 +235,17 @@ class PolyakAverage:
     def update(self, model) -> None:
         d = self.current_decay()
         self.updates += 1
+        fused = []
         for name, p in model.named_parameters():
             s = self.shadow[name]
+            if _fused_kernels(s, p.data):
+                fused.append((s, p.data))
+                continue
             s *= d
             s += (1 - d) * p.data
+        if fused:   # NumPy parameters: one pass each, on all cores
+            from kernels.cpu import sgd
+            sgd.average(fused, d)
 
     def swap(self, model) -> None:
         for name, p in model.named_parameters():

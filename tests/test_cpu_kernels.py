@@ -449,6 +449,32 @@ def test_fused_adam_matches_the_numpy_path():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_fused_polyak_average_matches_its_definition():
+    """engine.PolyakAverage on float32 NumPy weights (kernels.cpu.sgd.average) against
+    avg = d avg + (1 - d) w written out in float64, with the warmed-up decay."""
+    from engine import Module, Parameter, PolyakAverage
+    rng = np.random.default_rng(13)
+
+    class Two(Module):
+        def __init__(self):
+            super().__init__()
+            self.a = Parameter(rng.standard_normal((6, 5)).astype(np.float32))
+            self.b = Parameter(rng.standard_normal(7).astype(np.float32))
+    model = Two()
+    ref = {n: p.data.astype(np.float64) for n, p in model.named_parameters()}
+    ema = PolyakAverage(model, 0.9)
+    for t in range(1, 5):
+        for n, p in model.named_parameters():
+            p.data = (p.data + rng.standard_normal(p.shape)).astype(np.float32)
+        ema.update(model)
+        d = min(0.9, (1 + t) / (10 + t))
+        for n, p in model.named_parameters():
+            ref[n] = d * ref[n] + (1 - d) * p.data.astype(np.float64)
+    for n in ref:
+        assert ema.shadow[n].dtype == np.float32
+        np.testing.assert_allclose(ema.shadow[n], ref[n], rtol=1e-5, atol=1e-6)
+
+
 def test_max_pool_outside_a_graph_skips_the_winners_with_the_same_output():
     from engine import no_grad
     x = np.random.default_rng(12).standard_normal((2, 5, 13, 13)).astype(np.float32)

@@ -1,5 +1,5 @@
-"""The updates of ``engine.optim.SGD`` and ``engine.optim.Adam`` in one pass per parameter,
-parameters shared among the threads.
+"""The updates of ``engine.optim.SGD``, ``engine.optim.Adam`` and ``engine.optim.PolyakAverage``
+in one pass per parameter, parameters shared among the threads.
 
 Per element, with ``d = g + wd * w`` (weight decay folded into the gradient)::
 
@@ -19,6 +19,9 @@ Adam, per element, with the bias corrections ``c1 = 1 - beta1**t``, ``c2 = 1 - b
     w = w - lr * wd * w - (lr / c1) * m / (sqrt(v / c2) + eps)
 
 (NumPy: about twelve passes and three temporaries per parameter.)
+
+Polyak averaging: ``avg = d * avg + (1 - d) * w`` (NumPy: three passes and a temporary; about
+13 ms per step for GoogLeNet's 10 M parameters with its auxiliary heads).
 """
 from __future__ import annotations
 
@@ -72,6 +75,22 @@ def adam_update(items, beta1: float, beta2: float, eps: float, c1: float, c2: fl
             t = w.dtype.type
             adam_update_one(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr),
                             t(wd), t(beta1), t(beta2), t(eps), t(c1), t(c2))
+    parallel.run(body, items)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def average_one(avg, w, d):
+    """avg = d * avg + (1 - d) * w over flat arrays of one dtype; ``d`` of that dtype."""
+    e = (d - d + 1) - d
+    for i in range(u64(w.size)):
+        avg[i] = d * avg[i] + e * w[i]
+
+
+def average(items, decay: float) -> None:
+    """Apply :func:`average_one` to every ``(avg, w)`` of ``items``."""
+    def body(run):
+        for avg, w in run:
+            average_one(avg.reshape(-1), w.reshape(-1), avg.dtype.type(decay))
     parallel.run(body, items)
 
 
