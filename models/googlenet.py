@@ -218,7 +218,7 @@ RECIPE = {"epochs": 90, "batch_size": 32, "lr": 0.01, "warmup_epochs": 0.0, "lr_
 # minutes. docs/googlenet.md ("The built-in run") explains each choice.
 BUILTIN = {"epochs": 6, "batch_size": 32, "optimizer": "adam", "lr": 3e-4, "warmup_epochs": 0.2,
            "image_size": 64, "crop_scale": 0.65, "init": "msra", "center_images": True,
-           "builtin_train": 360}
+           "builtin_train": 330}
 
 SPEC = NetworkSpec(
     name="googlenet", title="GoogLeNet (Inception v1)", build=build, in_channels=3,
