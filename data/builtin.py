@@ -13,7 +13,8 @@ the two textures also differ in scale: at one scale, a short run from scratch ca
 validation stripes checkerboards (both are a patch of parallel edges in a disc or a square;
 telling one orientation from two takes longer to learn than telling coarse from fine). The
 "gradient" class is always a ramp over the whole image, never a ramp inside a disc or square
-that would look like those classes; the smallest shapes are a fifth of the image wide.
+that would look like those classes; every single shape is at least a third of the image
+across.
 
 ``make_synthetic_imagefolder`` writes the images as PNG files in the ImageFolder layout the
 training command reads (``root/train/<class>/*.png``, ``root/val/<class>/*.png``) and a
