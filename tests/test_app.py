@@ -183,6 +183,11 @@ def test_resume_refuses_changed_settings(run, capsys):
     assert main(["train", "--resume", os.path.join(run, "last.npz"), "--aux-weight", "0.5",
                  "--epochs", "2"]) == 2
     one_line_error(capsys, "--aux-weight 0.5", "0.3")
+    saved = ckpt.load_checkpoint(os.path.join(run, "last.npz"))[1]["config"]["optimizer"]
+    other = "sgd" if saved == "adam" else "adam"
+    assert main(["train", "--resume", os.path.join(run, "last.npz"), "--optimizer", other,
+                 "--epochs", "2"]) == 2
+    one_line_error(capsys, f"--optimizer {other}", saved)
 
 
 def test_resume_drops_log_rows_written_after_the_checkpoint(run, tmp_path):
