@@ -273,7 +273,7 @@ class DistributedOptimizer:
         return getattr(self.optimizer, name)
 
     def __setattr__(self, name, value):
-        if name in ("lr",) + type(self.optimizer).hyper_names + ("buffers",):
+        if name in self.optimizer.hyper_keys() + ("buffers",):
             setattr(self.optimizer, name, value)
         else:
             object.__setattr__(self, name, value)

@@ -80,6 +80,11 @@ class Optimizer:
     def params(self):
         return [p for g in self.param_groups for p in g["params"]]
 
+    @classmethod
+    def hyper_keys(cls) -> tuple:
+        """The hyper-parameters a checkpoint keeps (and a wrapper forwards)."""
+        return ("lr", "weight_decay") + cls.hyper_names
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
@@ -99,14 +104,14 @@ class Optimizer:
     def state_dict(self) -> dict:
         """Hyper-parameters (JSON-able) and buffers (NumPy arrays), keyed ``<name><i>`` for
         the i-th parameter (SGD's momentum buffers: just ``<i>``)."""
-        return {"hyper": {k: getattr(self, k) for k in ("lr", "weight_decay") + self.hyper_names},
+        return {"hyper": {k: getattr(self, k) for k in self.hyper_keys()},
                 "buffers": {f"{self._prefix(b)}{i}": backend.to_numpy(a)
                             for b, arrays in self.buffers.items()
                             for i, a in enumerate(arrays) if a is not None}}
 
     def load_state_dict(self, state: dict) -> None:
         hyper = state["hyper"]
-        for k in ("lr", "weight_decay") + self.hyper_names:
+        for k in self.hyper_keys():
             setattr(self, k, type(getattr(self, k))(hyper[k]))
         params = self.params
         buffers = {b: [None] * len(params) for b in self.buffer_names}

@@ -62,6 +62,8 @@ def optimizer():
     broadcast_parameters(params, comm)
     opt = DistributedOptimizer(SGD(params, lr=0.1, momentum=0.9), comm, bucket_mb=0.004)
     assert len(opt.buckets) >= 3, len(opt.buckets)
+    opt.weight_decay, opt.momentum = 0.0, 0.9   # hyper-parameters reach the wrapped optimiser
+    assert not {"weight_decay", "momentum"} & set(vars(opt)), vars(opt)
     lo = comm.rank * 8
     for _ in range(3):
         ref_opt.zero_grad()

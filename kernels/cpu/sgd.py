@@ -56,7 +56,7 @@ def update(items, momentum: float, nesterov: bool) -> None:
 @njit(cache=True, nogil=True, error_model="numpy")
 def adam_update_one(w, g, m, v, lr, wd, beta1, beta2, eps, c1, c2):
     """One parameter, flat arrays of one dtype; the scalars of that dtype."""
-    one = beta1 - beta1 + 1
+    one = beta1 - beta1 + 1     # 1 in the parameters' dtype (a literal 1 would widen to float64)
     step = lr / c1
     for i in range(u64(w.size)):
         gi = g[i]
@@ -81,7 +81,7 @@ def adam_update(items, beta1: float, beta2: float, eps: float, c1: float, c2: fl
 @njit(cache=True, nogil=True, error_model="numpy")
 def average_one(avg, w, d):
     """avg = d * avg + (1 - d) * w over flat arrays of one dtype; ``d`` of that dtype."""
-    e = (d - d + 1) - d
+    e = (d - d + 1) - d         # 1 - d in the parameters' dtype
     for i in range(u64(w.size)):
         avg[i] = d * avg[i] + e * w[i]
 
