@@ -594,8 +594,9 @@ def format_table(report: dict) -> str:
                     _fmt(v, 4, 2) for v in r["train_per_round"]) + "; infer " + " ".join(
                     _fmt(v, 4, 2) for v in r["infer_per_round"]))
             if r.get("train_cpu"):
-                lines.append(f"{'':>5} {'CPU time':<9} train {r['train_cpu']:.2f}x; infer "
-                             f"{r['infer_cpu']:.2f}x (torch / ours CPU seconds per step)")
+                lines.append(f"{'':>5} {'CPU time':<9} train {_fmt(r['train_cpu'], 4, 2)}x; "
+                             f"infer {_fmt(r.get('infer_cpu'), 4, 2)}x "
+                             "(torch / ours CPU seconds per step)")
     for row in report["results"]:
         if "ours" in row and "torch" in row and row["ours"].get("gpu_mib"):
             lines.append(f"{row['batch']:>5} GPU memory held at the end (MiB): ours "

@@ -509,6 +509,18 @@ def test_bench_workers_run_in_the_users_default_environment():
                                     "architecture": "SkylakeX", "num_threads": 2}]}}})
     assert "BLAS (ours): openblas 0.3.31 (SkylakeX kernels, 2 threads)" in table
     assert "removed (user default)" in table and "400 GFLOP/s" in table
+    # --mode train: no inference figures, the table says so instead of failing
+    side = {"train_img_s": 60.0, "infer_img_s": None, "train_peak_rss_mib": 900.0,
+            "infer_peak_rss_mib": None, "base_rss_mib": 300.0}
+    train_only = format_table({
+        "device": "cpu", "machine": {"cores": 2, "cpu": "x"}, "results": [{
+            "batch": 32, "ours": side, "torch": dict(side, train_img_s=40.0),
+            "ratio": {"train": 1.5, "infer": None, "train_peak_rss": 1.0,
+                      "train_step_memory": 1.0, "train_cpu": 1.4, "infer_cpu": None,
+                      "train_per_round": [1.5, 1.5], "infer_per_round": [None, None]}}],
+        "settings": {"threads": 2, "openblas_coretype": "-", "steps": 1, "rounds": 2,
+                     "warmup": 1}})
+    assert "train 1.40x; infer    -x" in train_only and "1.50x" in train_only
     one = worker_env("ours", build_parser().parse_args(["--threads", "1"]), base)
     assert one["GOOGLENET_CPU_THREADS"] == "1" and one["OPENBLAS_NUM_THREADS"] == "1"
 
