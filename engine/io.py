@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import tempfile
 import time
 
@@ -50,6 +51,30 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def atomic_copy(src, dst) -> None:
+    """Make ``dst`` hold what ``src`` holds, all or nothing, as ``atomic_write`` does: by a hard
+    link (no data written; the two names share the file until either is replaced) where the
+    filesystem has them, else by copying. Writers here always replace a file, never change it
+    in place, so the shared file is never seen to change under the other name."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    directory = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(directory, f".{os.path.basename(dst)}.{os.getpid()}.link.tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.link(src, tmp)
+    except OSError:     # no hard links here (some network and FAT filesystems): copy
+        with open(src, "rb") as fin, atomic_write(dst) as fout:
+            shutil.copyfileobj(fin, fout, 1 << 22)
+        return
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def remove_stale_temporaries(directory, min_age_s: float = 0.0) -> list:

@@ -209,7 +209,36 @@ def test_best_is_saved_before_last(monkeypatch, tmp_path, data_dir):
                                                real(path, *a, **k))[1])
     assert main(["train", "--builtin-dir", data_dir, "--output-dir", str(tmp_path / "o"), *TINY,
                  "--epochs", "1"]) == 0
+    assert order == ["best.npz"]        # last.npz, the same checkpoint, is linked to it after
+    best, last = (tmp_path / "o" / n for n in ("best.npz", "last.npz"))
+    assert best.read_bytes() == last.read_bytes()
+    # Epoch 2 without a better accuracy: last.npz alone is written, best.npz keeps epoch 1.
+    import trainer.loop as loop
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: {"loss": 1.0, "top1": -1.0,
+                                                           "top5": 0.0, "images": 6})
+    before = best.read_bytes()
+    assert main(["train", "--resume", str(last), "--epochs", "2"]) == 0
     assert order == ["best.npz", "last.npz"]
+    assert best.read_bytes() == before and ckpt.read_meta(str(last))["epoch"] == 2
+
+
+def test_atomic_copy_links_or_copies_and_never_half(tmp_path, monkeypatch):
+    from engine.io import atomic_copy
+    src, dst = tmp_path / "a.npz", tmp_path / "b.npz"
+    src.write_bytes(b"first")
+    dst.write_bytes(b"old")
+    atomic_copy(src, dst)
+    assert dst.read_bytes() == b"first" and os.path.samefile(src, dst)
+    src.unlink()
+    src.write_bytes(b"second")      # a writer replaces the file: the other name keeps its own
+    assert dst.read_bytes() == b"first"
+
+    def no_links(a, b):
+        raise OSError("hard links not supported")
+    monkeypatch.setattr(os, "link", no_links)
+    atomic_copy(src, dst)
+    assert dst.read_bytes() == b"second" and not os.path.samefile(src, dst)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz"]   # no temporaries
 
 
 def test_stale_partial_files_are_removed(run, tmp_path):

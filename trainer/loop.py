@@ -42,13 +42,13 @@ from data.builtin import make_builtin
 from data.preprocessing import Prepared, Preprocessing
 from data.transforms import eval_transform, train_transform
 from engine import SGD, Adam, PolyakAverage, backend, no_grad
-from engine.io import atomic_write, remove_stale_temporaries
+from engine.io import atomic_copy, atomic_write, remove_stale_temporaries
 from models.spec import get_spec
 from trainer import checkpoint as ckpt
 from trainer.config import (ADDED_SETTINGS, RESUMABLE_CHANGES, TrainConfig, UsageError,
                             device_for, resolve)
 from trainer.distributed import Distributed
-from trainer.logs import (AverageMeter, append_metrics_csv, log, plot_curves, progress,
+from trainer.logs import (AverageMeter, BackgroundPlot, append_metrics_csv, log, progress,
                           truncate_metrics_csv)
 
 
@@ -353,6 +353,7 @@ def train(config: TrainConfig, spec=None) -> dict:
         + f", {cfg.init} init, {model.num_parameters() / 1e6:.2f} M parameters; output in {out}")
 
     chance = 100.0 / len(classes)
+    plotter = BackgroundPlot()      # each epoch's curves are drawn during the next epoch
     metrics: dict = {}
     steps = max(1, len(train_loader))
     for epoch in range(state.epoch, cfg.epochs):
@@ -425,19 +426,23 @@ def train(config: TrainConfig, spec=None) -> dict:
         metrics.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
                         "img_per_s": images / train_seconds, "wall_s": train_seconds})
         if dist.is_root:
+            plotter.wait()
             append_metrics_csv(csv_path, metrics)
-            plot_curves(csv_path, os.path.join(out, "curves.png"),
-                        title=f"{spec.title} on {os.path.basename(os.path.normpath(root))}",
-                        chance=chance)
+            plotter.draw(csv_path, os.path.join(out, "curves.png"),
+                         title=f"{spec.title} on {os.path.basename(os.path.normpath(root))}",
+                         chance=chance)
             if is_best:     # before last.npz: a kill in between re-runs this epoch on resume
                 _save(best_path, model, opt, ema, state, cfg, spec, classes, dist.size)
-            _save(last_path, model, opt, ema, state, cfg, spec, classes, dist.size)
+                atomic_copy(best_path, last_path)   # the same bytes: linked, not written again
+            else:
+                _save(last_path, model, opt, ema, state, cfg, spec, classes, dist.size)
         aux_text = (" (aux " + ", ".join(f"{m.avg:.3f}" for m in aux_meters) + ")"
                     if aux_meters else "")
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {meters['loss'].avg:.3f}{aux_text} "
             f"top1 {meters['top1'].avg:.1f}% | val loss {val['loss']:.3f} top1 {val['top1']:.1f}% "
             f"top5 {val['top5']:.1f}%{' (averaged weights)' if ema else ''} | "
             f"{images / train_seconds:.1f} img/s")
+    plotter.wait()
     skipped = dist.gather(train_loader.skipped + val_loader.skipped)
     if skipped:
         log(f"{len(skipped)} unreadable image(s) were skipped: {', '.join(skipped[:5])}"
