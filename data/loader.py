@@ -3,7 +3,7 @@
 ``DataLoader`` turns a dataset into batches ``(images float32 (N, C, S, S), labels int64 (N,))``
 of NumPy arrays.  Decoding and augmentation run in worker processes that fill a bounded number
 of batches ahead of the consumer, so a GPU step does not wait for JPEG decoding.  ``workers=0``
-does everything in-process, the next batch on a helper thread while the caller uses this one.
+does everything in-process.
 
 Workers start with ``fork`` while CUDA is not in use in this process (milliseconds, and the
 dataset's file list is shared for free), and with ``forkserver`` once CuPy has been imported:
@@ -45,7 +45,6 @@ import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -193,7 +192,7 @@ class DataLoader:
       shuffle: new random order each epoch, from (seed, epoch).
       transform: ``transform(img, rng) -> float32 array``; None means ``to_array``.  A
         multi-crop transform returning (n_crops, 3, S, S) gives batches (N, n_crops, 3, S, S).
-      workers: worker processes; 0 loads in the calling process (one batch ahead, on a thread).
+      workers: worker processes; 0 loads in the calling process.
       seed: base seed for shuffling and augmentation (non-negative int).
       drop_last: leave out the final partial batch.
       prefetch: batches in flight per worker (ready or being made) ahead of the consumer.
@@ -314,27 +313,13 @@ class DataLoader:
         return images, labels, np.array([i for i in indices if i not in failed], np.int64)
 
     def _iter_inline(self, batches, epoch):
-        """In this process, one batch ahead on a helper thread: decoding (Pillow) and the
-        NumPy work release the GIL, so the next batch is made while the caller computes on
-        this one, on whatever core its own threads leave idle."""
-        def load(indices):
-            if not indices:
-                return None, np.empty(0, np.int64), []
-            return _load_batch(self.dataset, self.transform, self.seed, epoch, indices)
-
-        pool = ThreadPoolExecutor(1, thread_name_prefix="loader")
-        try:
-            ahead = pool.submit(load, batches[0]) if batches else None
-            for k, indices in enumerate(batches):
-                images, labels, bad = ahead.result()
-                if k + 1 < len(batches):
-                    ahead = pool.submit(load, batches[k + 1])
-                self._note_bad(bad)
-                out = self._output(images, labels, indices, bad)
-                if out is not None:
-                    yield out
-        finally:     # the caller stopped early, or a load failed: no thread outlives the loop
-            pool.shutdown(wait=True, cancel_futures=True)
+        for indices in batches:
+            images, labels, bad = (_load_batch(self.dataset, self.transform, self.seed, epoch,
+                                               indices) if indices else (None, np.empty(0, np.int64), []))
+            self._note_bad(bad)
+            out = self._output(images, labels, indices, bad)
+            if out is not None:
+                yield out
 
     def _iter_workers(self, batches, epoch):
         if not batches:

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -284,37 +283,6 @@ def test_loader_interrupt_in_consumer_stops_workers(synth):
     import gc
     gc.collect()
     assert mp.active_children() == []
-
-
-class _Watched(_Exploding):
-    """Records which samples were loaded, on which thread, and when each was asked for."""
-    def __init__(self, n):
-        super().__init__(n)
-        self.loaded = []
-
-    def __getitem__(self, i):
-        import threading
-        self.loaded.append((i, threading.current_thread().name))
-        return Image.new("RGB", (8, 8)), i % 3
-
-
-def test_inline_loader_reads_one_batch_ahead_on_a_thread_and_stops_with_the_loop():
-    import gc
-    import threading
-    ds = _Watched(12)
-    loader = DataLoader(ds, batch_size=2)
-    it = iter(loader)
-    _, y = next(it)
-    time.sleep(0.2)     # the helper has had ample time to load batch 2, and must not go on
-    assert sorted(i for i, _ in ds.loaded) == [0, 1, 2, 3]
-    assert all(name.startswith("loader") for _, name in ds.loaded)
-    assert y.tolist() == [0, 1]
-    it.close()
-    gc.collect()
-    assert not [t for t in threading.enumerate() if t.name.startswith("loader")]
-    with pytest.raises(RuntimeError, match="boom in sample 5"):
-        list(DataLoader(_Exploding(12), batch_size=2))
-    assert not [t for t in threading.enumerate() if t.name.startswith("loader")]
 
 
 def test_loader_pipe_fallback_matches_inline(synth, monkeypatch, tmp_path):
