@@ -55,22 +55,6 @@ def test_train_writes_metrics_curves_and_checkpoints(trained):
     assert not any(k.startswith("__") for k in arrays)
 
 
-def test_background_plot_draws_both_epochs_and_reports_its_error(trained, tmp_path):
-    from trainer.logs import BackgroundPlot, read_metrics_csv
-    _, out = trained
-    plot = BackgroundPlot()
-    plot.draw(os.path.join(out, "metrics.csv"), str(tmp_path / "c.png"), chance=10.0)
-    plot.wait()
-    with Image.open(tmp_path / "c.png") as im:
-        assert im.format == "PNG"
-    assert len(read_metrics_csv(os.path.join(out, "metrics.csv"))[1]) == 2
-    (tmp_path / "file").write_text("")
-    plot.draw(os.path.join(out, "metrics.csv"), str(tmp_path / "file" / "c.png"))
-    with pytest.raises(OSError):
-        plot.wait()
-    plot.wait()     # the error is raised once
-
-
 def test_resume_gives_the_same_run(trained, data_dir):
     """Stopping after epoch 1 and resuming must reproduce the uninterrupted run exactly."""
     tmp, straight = trained

@@ -8,8 +8,7 @@
   ``truncate_metrics_csv(path, epoch)`` drops rows after an epoch (a resumed run rewrites them).
 * ``plot_curves(csv_path, png_path)``: matplotlib, three panels against the epoch: the losses
   (main training loss, validation loss, and each auxiliary loss apart, dashed), the accuracies
-  in percent with the chance level, and the learning rate. ``BackgroundPlot`` draws them on a
-  helper thread while training goes on.
+  in percent with the chance level, and the learning rate.
 """
 
 from __future__ import annotations
@@ -18,12 +17,11 @@ import csv
 import math
 import os
 import sys
-import threading
 
 from engine.io import atomic_write
 
 __all__ = ["AverageMeter", "progress", "log", "append_metrics_csv", "read_metrics_csv",
-           "truncate_metrics_csv", "plot_curves", "BackgroundPlot"]
+           "truncate_metrics_csv", "plot_curves"]
 
 
 def log(msg: str) -> None:
@@ -201,7 +199,9 @@ def plot_curves(csv_path: str, png_path: str, title: str | None = None,
     accuracy of guessing, in percent) as a dotted line; learning-rate panel: ``lr``.
     Empty cells and NaNs break a curve instead of being drawn as zero.
     """
-    from matplotlib.figure import Figure   # no pyplot: no global state, any thread may draw
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
 
     columns, rows = read_metrics_csv(csv_path)
     xs = [r.get("epoch") if r.get("epoch") is not None else i + 1 for i, r in enumerate(rows)]
@@ -209,8 +209,7 @@ def plot_curves(csv_path: str, png_path: str, title: str | None = None,
     def series(col):
         return [r.get(col) if r.get(col) is not None else float("nan") for r in rows]
 
-    fig = Figure(figsize=(15, 4.5))
-    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.5))
     for col in columns:
         if col.endswith("loss") and col != "train_total_loss":
             aux = "aux" in col
@@ -235,35 +234,5 @@ def plot_curves(csv_path: str, png_path: str, title: str | None = None,
     fig.tight_layout()
     with atomic_write(png_path) as f:  # a viewer polling the file never sees half a PNG
         fig.savefig(f, format="png", dpi=80)
+    plt.close(fig)
     return png_path
-
-
-class BackgroundPlot:
-    """``plot_curves`` on a helper thread, so that drawing (about half a second a plot) overlaps
-    the next epoch's training instead of adding to it. One plot at a time: ``draw`` first waits
-    for the previous one; ``wait`` returns when the last plot is written and raises the error
-    it met (a full disk...)."""
-
-    def __init__(self):
-        self._thread, self._error = None, None
-
-    def draw(self, csv_path: str, png_path: str, **kwargs) -> None:
-        """Start ``plot_curves(csv_path, png_path, **kwargs)``; ``wait()`` before changing the
-        CSV file again."""
-        self.wait()
-
-        def run():
-            try:
-                plot_curves(csv_path, png_path, **kwargs)
-            except BaseException as exc:      # handed to the thread that waits
-                self._error = exc
-        self._thread = threading.Thread(target=run, name="plot")
-        self._thread.start()
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
