@@ -48,7 +48,7 @@ from trainer import checkpoint as ckpt
 from trainer.config import (ADDED_SETTINGS, RESUMABLE_CHANGES, TrainConfig, UsageError,
                             device_for, resolve)
 from trainer.distributed import Distributed
-from trainer.logs import (AverageMeter, BackgroundPlot, append_metrics_csv, log, progress,
+from trainer.logs import (AverageMeter, append_metrics_csv, log, plot_curves, progress,
                           truncate_metrics_csv)
 
 
@@ -353,7 +353,6 @@ def train(config: TrainConfig, spec=None) -> dict:
         + f", {cfg.init} init, {model.num_parameters() / 1e6:.2f} M parameters; output in {out}")
 
     chance = 100.0 / len(classes)
-    plotter = BackgroundPlot()      # each epoch's curves are drawn during the next epoch
     metrics: dict = {}
     steps = max(1, len(train_loader))
     for epoch in range(state.epoch, cfg.epochs):
@@ -426,11 +425,10 @@ def train(config: TrainConfig, spec=None) -> dict:
         metrics.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
                         "img_per_s": images / train_seconds, "wall_s": train_seconds})
         if dist.is_root:
-            plotter.wait()
             append_metrics_csv(csv_path, metrics)
-            plotter.draw(csv_path, os.path.join(out, "curves.png"),
-                         title=f"{spec.title} on {os.path.basename(os.path.normpath(root))}",
-                         chance=chance)
+            plot_curves(csv_path, os.path.join(out, "curves.png"),
+                        title=f"{spec.title} on {os.path.basename(os.path.normpath(root))}",
+                        chance=chance)
             if is_best:     # before last.npz: a kill in between re-runs this epoch on resume
                 _save(best_path, model, opt, ema, state, cfg, spec, classes, dist.size)
                 atomic_copy(best_path, last_path)   # the same bytes: linked, not written again
@@ -442,7 +440,6 @@ def train(config: TrainConfig, spec=None) -> dict:
             f"top1 {meters['top1'].avg:.1f}% | val loss {val['loss']:.3f} top1 {val['top1']:.1f}% "
             f"top5 {val['top5']:.1f}%{' (averaged weights)' if ema else ''} | "
             f"{images / train_seconds:.1f} img/s")
-    plotter.wait()
     skipped = dist.gather(train_loader.skipped + val_loader.skipped)
     if skipped:
         log(f"{len(skipped)} unreadable image(s) were skipped: {', '.join(skipped[:5])}"
