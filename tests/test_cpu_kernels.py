@@ -89,7 +89,9 @@ def test_conv_kernels_match_numpy(case, dtype, seed):
 
 
 @pytest.mark.parametrize("shape,k,s,p", [((9, 16, 7, 7), 1, 1, 0),     # 1x1, chunks of images
-                                         ((3, 8, 4, 4), 1, 1, 0),      # aux: gathered chunks
+                                         ((3, 8, 4, 4), 1, 1, 0),      # aux: one image a chunk
+                                         ((9, 8, 4, 4), 1, 1, 0),      # gathered chunks, n0 > 0
+                                         ((9, 8, 2, 2), 1, 1, 0),      # inception 5a/5b at 64
                                          ((5, 4, 14, 14), 3, 1, 1),
                                          ((2, 3, 23, 23), 7, 2, 3)])   # conv1's geometry
 def test_conv_kernels_on_googlenet_like_shapes(shape, k, s, p):

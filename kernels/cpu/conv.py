@@ -186,6 +186,25 @@ def _out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
+def columns(x, n0, g, kh, kw, stride, pad, oh, ow):
+    """The column matrix (C*kh*kw, g*OH*OW) of images n0 .. n0+g-1: :func:`im2col` into the
+    "col" workspace; for a 1x1 stride-1 unpadded kernel x[n0] itself when g = 1, else the
+    images' planes side by side (:func:`prologue` without a mask: one run of H*W per image
+    and channel, 7-20x faster than im2col's row by row on 4x4 and 2x2 maps)."""
+    n, c, h, w = x.shape
+    p = oh * ow
+    direct = kh == kw == 1 and stride == 1 and pad == 0
+    if direct and g == 1:
+        return x[n0].reshape(c, p)
+    col = workspace.get("col", (c * kh * kw, g * p), x.dtype)
+    if direct:
+        x3 = x.reshape(n, c, p)
+        prologue(x3, x3, False, n0, col)
+    else:
+        im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
+    return col
+
+
 def images_per_chunk(n, p, pointwise) -> int:
     """Images per GEMM: enough for COLUMNS_PER_GEMM columns, while leaving at least two
     chunks per thread to share out. A 1x1 convolution takes one image at a time down to 7x7
@@ -254,11 +273,7 @@ def conv2d(x, w, b, stride, pad, relu):
 
     def body(chunks):
         for n0, g in chunks:
-            if direct and g == 1:
-                col = x[n0].reshape(c, p)
-            else:
-                col = workspace.get("col", (ck, g * p), x.dtype)
-                im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
+            col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
             if g == 1:
                 np.matmul(w2, col, out=y3[n0])
                 bias_relu(y3[n0], bias, b is not None, relu)
@@ -287,8 +302,9 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
 
     def body(chunks):
-        """One run of chunks; returns its (gW, gb) partial sums."""
-        gw2 = np.zeros((o, ck), dtype=x.dtype) if need_w else None
+        """One run of chunks; returns its (gW, gb) partial sums. The run's first GEMM writes
+        its gW straight into the sum (no zero-filled start, no add)."""
+        gw2 = None
         gb = np.zeros(o, dtype=np.float64) if need_b else None
         for n0, g in chunks:
             gyc = workspace.get("gy", (o, g * p), x.dtype)
@@ -296,14 +312,14 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
             if need_b:
                 gb += gyc.sum(axis=1)
             if need_w:
-                if direct and g == 1:
-                    col = x[n0].reshape(c, p)
+                col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
+                if gw2 is None:
+                    gw2 = np.empty((o, ck), dtype=x.dtype)
+                    np.matmul(gyc, col.T, out=gw2)
                 else:
-                    col = workspace.get("col", (ck, g * p), x.dtype)
-                    im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
-                part = workspace.get("gw", (o, ck), x.dtype)
-                np.matmul(gyc, col.T, out=part)
-                gw2 += part
+                    part = workspace.get("gw", (o, ck), x.dtype)
+                    np.matmul(gyc, col.T, out=part)
+                    gw2 += part
             if need_x:
                 if direct and g == 1:
                     np.matmul(w2t, gyc, out=gx[n0].reshape(c, p))
