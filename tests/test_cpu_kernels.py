@@ -122,7 +122,7 @@ def test_conv_impl_plain_forces_the_numpy_path(monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("a Numba kernel ran")
-    monkeypatch.setattr(K, "im2col", boom)
+    monkeypatch.setattr(K, "columns", boom)
     x = np.ones((1, 2, 5, 5))
     L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1, impl="plain")
     with pytest.raises(AssertionError, match="a Numba kernel ran"):
@@ -192,6 +192,30 @@ def test_im2col_and_col2im_kernels_match_numpy():
         K.col2im(gcol, n0, k, k, s, p, oh, ow, gx)
         np.testing.assert_allclose(gx[n0:], col2im(gcol, (g, c, h, w), k, k, s, p), rtol=1e-13)
         assert np.isnan(gx[:n0]).all()          # only the chunk's images are written
+
+
+@pytest.mark.parametrize("n,c,h,w,k,s,p", [(3, 5, 4, 4, 3, 1, 1), (2, 3, 2, 2, 5, 1, 2),
+                                           (3, 2, 8, 8, 3, 1, 1), (2, 3, 7, 5, 3, 2, 1),
+                                           (2, 2, 6, 6, 2, 3, 0)])
+def test_small_map_kernels_match_im2col_and_col2im_exactly(n, c, h, w, k, s, p):
+    """im2col_small / col2im_small against im2col / col2im on the same chunk: the same
+    columns, and the same sums in the same order (bitwise equal)."""
+    from kernels.cpu import conv as K
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    oh, ow = K._out_size(h, k, s, p), K._out_size(w, k, s, p)
+    n0, g = 1, n - 1
+    taps = K.small_map_taps(h, w, k, k, s, p)
+    col, small = (np.full((c * k * k, g * oh * ow), np.nan, np.float32) for _ in range(2))
+    K.im2col(x, n0, k, k, s, p, oh, ow, col)
+    K.im2col_small(x, n0, p, w + 2 * p, taps, small)
+    np.testing.assert_array_equal(small, col)
+    gcol = rng.standard_normal(col.shape).astype(np.float32)
+    gx, gx_small = (np.full(x.shape, np.nan, np.float32) for _ in range(2))
+    K.col2im(gcol, n0, k, k, s, p, oh, ow, gx)
+    K.col2im_small(gcol, n0, p, w + 2 * p, taps, gx_small)
+    np.testing.assert_array_equal(gx_small, gx)
+    assert np.isnan(gx_small[:n0]).all()
 
 
 # ---------------------------------------------------------------------- pooling

@@ -33,6 +33,8 @@ races and results are deterministic):
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -118,6 +120,51 @@ def col2im(col, n0, kh, kw, stride, pad, oh, ow, gx):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def im2col_small(x, n0, pad, wp, taps, col):
+    """:func:`im2col` for small maps: each (image, channel) plane is copied into a zeroed
+    buffer padded to width ``wp``, and tap t's row then reads its P values at
+    ``taps[t, q]`` (:func:`small_map_taps`): one loop of P per tap, where im2col runs a loop
+    (and its edge cases) per tap and output row, which costs more than the copying itself
+    on 4x4 and 2x2 maps."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    kk, p = taps.shape
+    g = col.shape[1] // p
+    buf = np.zeros((h + 2 * pad) * wp, dtype=x.dtype)
+    for gi in range(g):
+        for ci in range(c):
+            plane = x[n0 + gi, ci]
+            for hh in range(h):
+                copy(buf, (hh + pad) * wp + pad, plane[hh], 0, w)
+            for t in range(kk):
+                row, tap = col[ci * kk + t], taps[t]
+                base = u64(gi * p)
+                for q in range(u64(p)):
+                    row[base + q] = buf[tap[q]]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def col2im_small(col, n0, pad, wp, taps, gx):
+    """:func:`col2im` for small maps, the adjoint of :func:`im2col_small`: every tap's row is
+    added into a zeroed padded plane in tap order (so each pixel sums its taps in the same
+    order as col2im: the results are identical), whose inside is then gx[n0 + gi, ci]."""
+    c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    kk, p = taps.shape
+    g = col.shape[1] // p
+    buf = np.empty((h + 2 * pad) * wp, dtype=gx.dtype)
+    for gi in range(g):
+        for ci in range(c):
+            zero(buf, 0, buf.size)
+            for t in range(kk):
+                row, tap = col[ci * kk + t], taps[t]
+                base = u64(gi * p)
+                for q in range(u64(p)):
+                    buf[tap[q]] += row[base + q]
+            plane = gx[n0 + gi, ci]
+            for hh in range(h):
+                copy(plane[hh], 0, buf, (hh + pad) * wp + pad, w)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def epilogue(src, bias, has_bias, relu, y3, n0):
     """y3[n0 + gi, o, q] = src[o, gi*P + q] (+ bias[o]), then max(., 0) when ``relu``.
 
@@ -186,6 +233,23 @@ def _out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
+# Maps of at most this many output pixels use im2col_small / col2im_small (measured on
+# GoogLeNet's 8x8 to 2x2 maps: 1.3x, 3x and 6-8x faster; slower from 16x16 up).
+SMALL_MAP = 64
+
+
+@functools.lru_cache(maxsize=256)
+def small_map_taps(h, w, kh, kw, stride, pad):
+    """taps (kh*kw, OH*OW) int64: where tap (i, j) of output (yy, xx) lies in the plane padded
+    by ``pad`` on every side and laid out with width w + 2 pad."""
+    oh, ow = _out_size(h, kh, stride, pad), _out_size(w, kw, stride, pad)
+    i, j = np.divmod(np.arange(kh * kw), kw)
+    yy, xx = np.divmod(np.arange(oh * ow), ow)
+    taps = (yy * stride + i[:, None]) * (w + 2 * pad) + xx * stride + j[:, None]
+    taps.flags.writeable = False
+    return taps
+
+
 def columns(x, n0, g, kh, kw, stride, pad, oh, ow):
     """The column matrix (C*kh*kw, g*OH*OW) of images n0 .. n0+g-1: :func:`im2col` into the
     "col" workspace; for a 1x1 stride-1 unpadded kernel x[n0] itself when g = 1, else the
@@ -200,6 +264,8 @@ def columns(x, n0, g, kh, kw, stride, pad, oh, ow):
     if direct:
         x3 = x.reshape(n, c, p)
         prologue(x3, x3, False, n0, col)
+    elif p <= SMALL_MAP:
+        im2col_small(x, n0, pad, w + 2 * pad, small_map_taps(h, w, kh, kw, stride, pad), col)
     else:
         im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
     return col
@@ -328,6 +394,9 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                 np.matmul(w2t, gyc, out=gcol)
                 if direct:
                     epilogue(gcol, gcol[:, 0], False, False, gx.reshape(n, c, p), n0)
+                elif p <= SMALL_MAP:
+                    col2im_small(gcol, n0, pad, wd + 2 * pad,
+                                 small_map_taps(h, wd, kh, kw, stride, pad), gx)
                 else:
                     col2im(gcol, n0, kh, kw, stride, pad, oh, ow, gx)
         return gw2, gb
