@@ -125,9 +125,14 @@ class ImageFolder:
 
     Raises SplitError (a ValueError) naming the path when the folder is missing, has no class
     folders, has an empty class folder (only when `classes` is not given), or has no images.
+
+    ``cache=True`` keeps every decoded image in memory, so that each file is read and decoded
+    once per process instead of once per epoch (the built-in datasets: 3,600 images of 72x72
+    are 56 MB, and opening and decoding was about 40% of the loader's time).
     """
 
-    def __init__(self, root: str, split: str | None = None, classes=None, mode: str = "RGB"):
+    def __init__(self, root: str, split: str | None = None, classes=None, mode: str = "RGB",
+                 cache: bool = False):
         root = os.fspath(root)
         folder = os.path.join(root, split) if split else root
         if not os.path.isdir(folder):
@@ -161,6 +166,7 @@ class ImageFolder:
         if not self.samples:
             raise SplitError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {folder}")
         self.targets = np.array([s[1] for s in self.samples], dtype=np.int64)
+        self._decoded: dict | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -168,7 +174,12 @@ class ImageFolder:
     def __getitem__(self, index: int):
         """(PIL image in ``self.mode``, label); raises UnreadableImageError for a bad file."""
         path, label = self.samples[index]
-        return load_image(path, self.mode), label
+        if self._decoded is None:
+            return load_image(path, self.mode), label
+        img = self._decoded.get(index)
+        if img is None:
+            img = self._decoded[index] = load_image(path, self.mode)
+        return img.copy(), label     # the caller may change its image; the cache's stays
 
     def __repr__(self):
         return f"ImageFolder({self.root!r}, {len(self.classes)} classes, {len(self)} images)"

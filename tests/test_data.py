@@ -137,6 +137,22 @@ def test_imagefolder_classes_and_samples(synth):
     assert val.class_to_idx == ds.class_to_idx
 
 
+def test_imagefolder_cache_decodes_each_file_once_and_hands_out_copies(synth, monkeypatch):
+    import data.folder as folder
+    reads = []
+    real = folder.load_image
+    monkeypatch.setattr(folder, "load_image", lambda p, m: reads.append(p) or real(p, m))
+    plain, cached = ImageFolder(synth, "train"), ImageFolder(synth, "train", cache=True)
+    for _ in range(3):
+        for i in (0, 7, 23):
+            a, b = plain[i], cached[i]
+            assert a[1] == b[1] and np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    assert len(reads) == 9 + 3                  # uncached: every time; cached: once each
+    img, _ = cached[7]
+    img.paste((255, 0, 0), (0, 0, img.size[0], img.size[1]))
+    assert np.array_equal(np.asarray(cached[7][0]), np.asarray(plain[7][0]))
+
+
 def test_imagefolder_extensions_case_insensitive(tmp_path):
     _write_png(str(tmp_path / "b" / "x.PNG"))
     (tmp_path / "a").mkdir()

@@ -198,8 +198,11 @@ def prepare_data(cfg: TrainConfig, spec, workers: int, dist: Distributed | None 
     if root is None:
         root = dist.node_first(lambda: make_builtin(spec.builtin_data, cfg))
     mode = "L" if spec.in_channels == 1 else "RGB"
-    train_set = ImageFolder(root, "train", mode=mode)
-    val_set = ImageFolder(root, "val", classes=train_set.classes, mode=mode)
+    # The small built-in data are decoded once and kept, when loading runs in this process
+    # (worker processes last one epoch, and their copies would go with them).
+    cache = cfg.data is None and workers == 0
+    train_set = ImageFolder(root, "train", mode=mode, cache=cache)
+    val_set = ImageFolder(root, "val", classes=train_set.classes, mode=mode, cache=cache)
     prep = Preprocessing.from_meta(preprocessing(spec, cfg), spec.in_channels)
     train_loader = DataLoader(
         train_set, cfg.batch_size, shuffle=True, workers=workers, seed=cfg.seed,
