@@ -44,7 +44,11 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    # Make the rename itself durable (not possible on every platform).
+    _sync_directory(directory)
+
+
+def _sync_directory(directory) -> None:
+    """Make a rename in ``directory`` durable (not possible on every platform)."""
     with contextlib.suppress(OSError):
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -75,6 +79,7 @@ def atomic_copy(src, dst) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _sync_directory(directory)
 
 
 def remove_stale_temporaries(directory, min_age_s: float = 0.0) -> list:
