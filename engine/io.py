@@ -33,18 +33,25 @@ def atomic_write(path, mode: str = "wb", **open_kwargs):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
                                dir=directory)
-    try:
+    with _removed_on_error(tmp):
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    _sync_directory(directory)
+
+
+@contextlib.contextmanager
+def _removed_on_error(tmp):
+    """Delete the temporary file ``tmp`` if the block fails (the target stays untouched)."""
+    try:
+        yield
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _sync_directory(directory)
 
 
 def _sync_directory(directory) -> None:
@@ -73,12 +80,8 @@ def atomic_copy(src, dst) -> None:
         with open(src, "rb") as fin, atomic_write(dst) as fout:
             shutil.copyfileobj(fin, fout, 1 << 22)
         return
-    try:
+    with _removed_on_error(tmp):
         os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     _sync_directory(directory)
 
 
