@@ -100,6 +100,39 @@ def to_numpy(a) -> np.ndarray:
     return a.get() if is_cupy_array(a) else np.asarray(a)
 
 
+# ---------------------------------------------------------------- gradient sums
+# Autograd adds and copies gradients between ops: a tensor used four times (an Inception
+# module's input) receives four gradients to sum. On NumPy arrays these whole-array passes
+# are shared among the CPU kernels' threads (kernels.cpu.arrays: the same sums, bitwise),
+# instead of leaving the other cores idle while the main thread makes them.
+def _cpu_arrays(a):
+    if is_cupy_array(a) or not isinstance(a, np.ndarray):
+        return None
+    from kernels.cpu import arrays
+    return arrays
+
+
+def add(a, b):
+    """a + b as a new array."""
+    kernels = _cpu_arrays(a)
+    return a + b if kernels is None else kernels.add(a, b)
+
+
+def add_into(a, b) -> None:
+    """a += b."""
+    kernels = _cpu_arrays(a)
+    if kernels is None:
+        a += b
+    else:
+        kernels.add_into(a, b)
+
+
+def copy(a):
+    """A copy of a that owns its memory."""
+    kernels = _cpu_arrays(a)
+    return a.copy() if kernels is None else kernels.copy(a)
+
+
 # ---------------------------------------------------------------- randomness
 # One seeded generator per backend, so dropout masks and initialisations are
 # reproducible under ``manual_seed`` whatever the device.

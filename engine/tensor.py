@@ -150,9 +150,9 @@ class Tensor:
     def _accumulate(self, g) -> None:
         if self.grad is None:
             # Own the memory: g may alias an array another tensor still uses.
-            self.grad = g.copy()
+            self.grad = backend.copy(g)
         else:
-            self.grad += g
+            backend.add_into(self.grad, g)
         if self.grad_hook is not None:
             self.grad_hook(self)
 
@@ -309,7 +309,7 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
         creator, index = edge
         key = (id(creator), index)
         if key in pending:
-            pending[key] = pending[key] + g
+            pending[key] = backend.add(pending[key], g)
         else:
             pending[key] = g
         push(creator)

@@ -1,13 +1,25 @@
-"""Fully connected layer: x (N, in), w (out, in), b (out,) -> y = x @ w.T + b, (N, out)."""
+"""Fully connected layer: x (N, in), w (out, in), b (out,) -> y = x @ w.T + b, (N, out).
+
+Backward: gx = gy @ w (N, in), gw = gy.T @ x (out, in), gb = sum_n gy[n].
+
+The plain path is those three products as written. On NumPy arrays ``layers.dispatch``
+picks the CPU path: the same products with the *weight's* rows or columns shared among the
+pool's threads (``kernels.cpu.arrays.matmul``), since with a small batch each product is
+mostly a pass over a weight-sized array (GoogLeNet's auxiliary heads have a 1024 x 2048
+one), which the main thread would otherwise make alone.
+"""
 from __future__ import annotations
 
-from engine.tensor import Function, Tensor
+from engine.tensor import Tensor
 
 from ._check import check_float, check_rank
+from .dispatch import KernelFunction
 
 
-class LinearFunction(Function):
-    def forward(self, x, w, b=None):
+class LinearFunction(KernelFunction):
+    op = "linear"
+
+    def setup(self, x, w, b=None):
         check_rank("linear", "x", x, 2, "N, in_features; flatten NCHW first")
         check_rank("linear", "w", w, 2, "out, in")
         check_float("linear", **({"x": x, "w": w} if b is None else {"x": x, "w": w, "b": b}))
@@ -17,7 +29,16 @@ class LinearFunction(Function):
         if b is not None and tuple(b.shape) != (w.shape[0],):
             raise ValueError(f"linear: b must have shape ({w.shape[0]},), got {tuple(b.shape)}")
         self.x, self.w, self.has_bias = x, w, b is not None
+
+    def forward_plain(self, x, w, b=None):
         y = x @ w.T
+        if b is not None:
+            y += b
+        return y
+
+    def forward_cpu(self, x, w, b=None):
+        from kernels.cpu import arrays
+        y = arrays.matmul(w, x.T).T.copy()     # (out, N): w's rows shared among threads
         if b is not None:
             y += b
         return y
@@ -25,9 +46,19 @@ class LinearFunction(Function):
     def macs(self, xs, ys) -> int:
         return ys[0].size * xs[1].shape[1]
 
-    def backward(self, gy):
+    def backward_plain(self, gy):
         gx = gy @ self.w if self.needs_grad[0] else None
         gw = gy.T @ self.x if self.needs_grad[1] else None
+        return self._with_bias(gy, gx, gw)
+
+    def backward_cpu(self, gy):
+        from kernels.cpu import arrays
+        # gx.T (in, N) = w.T @ gy.T with w's columns shared; gw (out, in) with w's rows
+        gx = arrays.matmul(self.w.T, gy.T).T.copy() if self.needs_grad[0] else None
+        gw = arrays.matmul(gy.T, self.x) if self.needs_grad[1] else None
+        return self._with_bias(gy, gx, gw)
+
+    def _with_bias(self, gy, gx, gw):
         if not self.has_bias:
             return gx, gw
         return gx, gw, gy.sum(axis=0)

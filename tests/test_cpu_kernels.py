@@ -563,3 +563,77 @@ def test_dispatch_falls_back_to_plain_where_a_kernel_declines():
     assert f.path == "cpu"
     with pytest.raises(ValueError, match="impl='cpu' asked for"):
         Declining(3, 2, impl="cpu").forward(x)
+
+
+# ------------------------------------------------- main-thread work on the pool
+@pytest.fixture
+def two_threads(monkeypatch):
+    """The pool's helpers in use even on a one-core machine, and a count of their calls."""
+    from kernels.cpu import arrays
+    monkeypatch.setattr(parallel, "THREADS", max(2, parallel.threads()))
+    calls = []
+    real = parallel.run
+    monkeypatch.setattr(parallel, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return arrays, calls
+
+
+def test_pooled_adds_copies_and_concatenation_are_numpys_bitwise(two_threads):
+    arrays, calls = two_threads
+    rng = np.random.default_rng(3)
+    a, b = (rng.standard_normal((5, 64, 15, 15)).astype(np.float32) for _ in range(2))
+    wide = rng.standard_normal((5, 70, 15, 15)).astype(np.float32)
+    view = wide[:, 3:67]                              # strided, as concat's backward gives
+    np.testing.assert_array_equal(arrays.add(a, view), a + view)
+    np.testing.assert_array_equal(arrays.copy(view), view)
+    assert arrays.copy(view).flags.c_contiguous
+    into = a.copy()
+    arrays.add_into(into, b)
+    np.testing.assert_array_equal(into, a + b)
+    parts = [a, view, b[:, :7]]
+    np.testing.assert_array_equal(arrays.concat(parts, 1), np.concatenate(parts, axis=1))
+    assert len(calls) == 5                            # each one went to the pool
+    small = np.ones((2, 3), np.float32)               # below MIN_SIZE: NumPy's own call
+    np.testing.assert_array_equal(arrays.add(small, small), small + small)
+    assert len(calls) == 5
+
+
+def test_pooled_matmul_matches_numpy(two_threads):
+    arrays, calls = two_threads
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((300, 700))
+    x = rng.standard_normal((5, 700))
+    np.testing.assert_allclose(arrays.matmul(w, x.T), w @ x.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(arrays.matmul(w.T, x[:, :300].T), w.T @ x[:, :300].T,
+                               rtol=1e-12, atol=1e-12)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_and_concat_cpu_paths_match_the_plain_path(two_threads, dtype):
+    _, calls = two_threads
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((6, 2048)).astype(dtype)
+    w = (rng.standard_normal((257, 2048)) * 0.02).astype(dtype)
+    b = rng.standard_normal(257).astype(dtype)
+    ours, ref = run_both(lambda x, w, b: L.linear(x, w, b), [x, w, b])
+    assert_close(ours, ref, dtype)
+    assert len(calls) >= 3                           # forward, gx and gw on the pool
+    xs = [rng.standard_normal((4, c, 20, 20)).astype(dtype) for c in (40, 64, 24)]
+    ours, ref = run_both(lambda *ts: L.concat(list(ts)), xs, gy_view=True)
+    for u, v in zip(ours, ref):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_winograd_filter_transform_is_g_g_gt():
+    from kernels.cpu import winograd
+    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    w = np.random.default_rng(7).standard_normal((5, 3, 3, 3))
+    flipped = w[:, :, ::-1, ::-1]                     # a non-contiguous view works too
+    for filters in (w, flipped):
+        u = winograd.filter_transform(filters)
+        assert u.shape == (16, 5, 3)
+        for o in range(5):
+            for c in range(3):
+                ref = G @ filters[o, c] @ G.T
+                np.testing.assert_allclose(u[:, o, c].reshape(4, 4), ref, rtol=1e-14,
+                                           atol=1e-14)
