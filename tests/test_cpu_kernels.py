@@ -8,6 +8,11 @@ max-pool winners must be identical, ties included; everything else agrees to rou
 Also: the pool's run order and determinism, workspaces, the dispatch switch, and GoogLeNet end
 to end.
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,6 +24,8 @@ from engine import Tensor
 from kernels.cpu import parallel, workspace
 from layers import dispatch
 from layers.pooling import MaxPool2dFunction
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="Numba is not importable")
 
@@ -637,3 +644,34 @@ def test_winograd_filter_transform_is_g_g_gt():
                 ref = G @ filters[o, c] @ G.T
                 np.testing.assert_allclose(u[:, o, c].reshape(4, 4), ref, rtol=1e-14,
                                            atol=1e-14)
+
+
+_FREED_RSS = """
+import numpy as np
+from kernels.cpu import memory
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+kept = memory.keep_freed_memory()
+a = np.ones(50 * 2**20, dtype=np.float32)    # 200 MiB, above malloc's own 32 MiB limit
+before = rss_mib()
+del a
+print(kept, before - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.parametrize("keep", ["1", "0"])
+def test_freed_large_arrays_stay_in_the_process_unless_switched_off(keep):
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's malloc")
+    env = dict(os.environ, GOOGLENET_KEEP_MEMORY=keep)
+    out = subprocess.run([sys.executable, "-c", _FREED_RSS], env=env, capture_output=True,
+                         text=True, check=True, cwd=str(ROOT)).stdout.split()
+    kept, released_mib = out[0] == "True", float(out[1])
+    assert kept == (keep == "1")
+    if kept:
+        assert released_mib < 20          # the 200 MiB stay for the next allocation
+    else:
+        assert released_mib > 150         # unmapped on free: malloc's default

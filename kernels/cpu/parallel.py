@@ -24,6 +24,7 @@ the BLAS library cannot be controlled (not OpenBLAS, not Linux), GEMM-bearing wo
 the calling thread with BLAS's own threads instead.
 
 ``GOOGLENET_CPU_THREADS`` sets the number of threads (default: the CPUs this process may use).
+The first :func:`run` also keeps freed memory in the process (:mod:`kernels.cpu.memory`).
 The Numba kernels the threads call are compiled with ``nogil=True``.
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+
+from . import memory
 
 
 def _default_threads() -> int:
@@ -157,6 +160,7 @@ def run(body, items: list, blas: bool = False, groups: int | None = None) -> lis
     """
     if not items:
         return []
+    memory.keep_freed_memory()
     k = min(len(items), groups or 2 * THREADS)
     runs = [items[len(items) * i // k:len(items) * (i + 1) // k] for i in range(k)]
     if THREADS == 1 or k == 1 or (blas and not blas_controllable()):
