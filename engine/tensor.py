@@ -147,10 +147,11 @@ class Tensor:
             return
         run_backward(self, grad, retain_graph)
 
-    def _accumulate(self, g) -> None:
+    def _accumulate(self, g, fresh: bool = False) -> None:
         if self.grad is None:
-            # Own the memory: g may alias an array another tensor still uses.
-            self.grad = backend.copy(g)
+            # Own the memory: g may alias an array another tensor still uses, unless the
+            # function that made it says it is new (Function.fresh_grads).
+            self.grad = g if fresh else backend.copy(g)
         else:
             backend.add_into(self.grad, g)
         if self.grad_hook is not None:
@@ -220,6 +221,10 @@ class Function:
     """
 
     needs_grad: tuple = ()
+    # True when ``backward`` returns arrays it has just allocated and keeps no reference to
+    # (a convolution's or a linear layer's weight gradient): a leaf then keeps the array as
+    # its ``.grad`` instead of a copy.
+    fresh_grads: bool = False
 
     def __call__(self, *inputs):
         tensors = [as_tensor(x) for x in inputs]
@@ -302,9 +307,9 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
             seen.add(id(f))
             heapq.heappush(heap, (-f.generation, -f._order, id(f), f))
 
-    def deliver(edge, g):
+    def deliver(edge, g, fresh=False):
         if isinstance(edge, Tensor):       # a leaf
-            edge._accumulate(g)
+            edge._accumulate(g, fresh)
             return
         creator, index = edge
         key = (id(creator), index)
@@ -343,7 +348,7 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
                 if gx.shape != shape:
                     raise RuntimeError(f"{type(f).__name__}.backward: gradient shape {gx.shape} "
                                        f"!= input shape {shape}")
-                deliver(edge, gx)
+                deliver(edge, gx, f.fresh_grads)
         if not retain_graph:
             f.release()
 

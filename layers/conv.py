@@ -35,6 +35,7 @@ class Conv2dFunction(KernelFunction):
     """Convolution with optional bias and fused ReLU (``relu=True`` applies max(0, .))."""
 
     op = "conv2d"
+    fresh_grads = True     # every path computes gx, gW and gb into new arrays
 
     def __init__(self, stride: int = 1, pad: int = 0, relu: bool = False, impl: str | None = None):
         self.stride, self.pad, self.relu, self.impl = int(stride), int(pad), relu, impl

@@ -18,6 +18,7 @@ from .dispatch import KernelFunction
 
 class LinearFunction(KernelFunction):
     op = "linear"
+    fresh_grads = True     # gx, gw and gb are new arrays on both paths
 
     def setup(self, x, w, b=None):
         check_rank("linear", "x", x, 2, "N, in_features; flatten NCHW first")

@@ -31,6 +31,42 @@ def test_diamond_graph_accumulates_gradients():
     np.testing.assert_allclose(x.grad, 2 + 2 * x.data + 9 + 1)
 
 
+class _PassThrough(Function):
+    """y = x; backward hands gy itself back (it aliases the caller's array)."""
+
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, gy):
+        _PassThrough.handed.append(gy)
+        return gy
+
+
+class _FreshPassThrough(_PassThrough):
+    fresh_grads = True
+
+    def backward(self, gy):
+        out = gy.copy()
+        _PassThrough.handed.append(out)
+        return out
+
+
+@pytest.mark.parametrize("fn", [_PassThrough, _FreshPassThrough])
+def test_a_leaf_copies_its_gradient_unless_the_function_made_it_fresh(fn):
+    _PassThrough.handed = []
+    x = leaf([1.0, 2.0])
+    gy = np.array([3.0, 4.0])
+    fn()(x).backward(gy)
+    handed = _PassThrough.handed[0]
+    if fn.fresh_grads:
+        assert x.grad is handed                        # kept, no copy
+    else:
+        assert not np.shares_memory(x.grad, handed)    # gy may be someone else's array
+    fn()(x).backward(gy)                               # the second gradient adds into it
+    np.testing.assert_array_equal(x.grad, [6.0, 8.0])
+    np.testing.assert_array_equal(gy, [3.0, 4.0])      # the caller's array untouched
+
+
 def test_leaf_grad_accumulates_across_backward_calls():
     x = leaf([1.0, -1.0])
     (x * 3.0).sum().backward()
