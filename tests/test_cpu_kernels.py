@@ -598,10 +598,15 @@ def test_pooled_adds_copies_and_concatenation_are_numpys_bitwise(two_threads):
     np.testing.assert_array_equal(into, a + b)
     parts = [a, view, b[:, :7]]
     np.testing.assert_array_equal(arrays.concat(parts, 1), np.concatenate(parts, axis=1))
-    assert len(calls) == 5                            # each one went to the pool
+    partials = [rng.standard_normal((300, 250)).astype(np.float32) * 10.0 ** i
+                for i in range(4)]                    # magnitudes apart: order shows
+    expected = ((partials[0] + partials[1]) + partials[2]) + partials[3]
+    arrays.sum_into(partials)
+    np.testing.assert_array_equal(partials[0], expected)
+    assert len(calls) == 6                            # each one went to the pool
     small = np.ones((2, 3), np.float32)               # below MIN_SIZE: NumPy's own call
     np.testing.assert_array_equal(arrays.add(small, small), small + small)
-    assert len(calls) == 5
+    assert len(calls) == 6
 
 
 def test_pooled_matmul_matches_numpy(two_threads):

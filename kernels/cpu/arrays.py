@@ -1,6 +1,7 @@
 """Whole-array work that would otherwise run on the main thread alone, shared among the
-pool's threads: the sum of two gradients, a gradient's copy, the Inception modules' depth
-concatenation, and the linear layers' GEMMs.
+pool's threads: the sum of two gradients, a gradient's copy, the sum of a convolution's
+partial weight gradients, the Inception modules' depth concatenation, and the linear
+layers' GEMMs.
 
 Each is plain NumPy on slices (NumPy releases the GIL inside its copy, add and matmul loops,
 so the threads run at once), split into contiguous runs along the first axis (images, or a
@@ -41,6 +42,24 @@ def add_into(a, b) -> None:
         a += b
         return
     parallel.over_images(a.shape[0], lambda s: np.add(a[s], b[s], out=a[s]))
+
+
+def sum_into(parts) -> None:
+    """parts[0] += parts[1] + ... in that order, element by element (((p0 + p1) + p2) + ...,
+    as adding them one at a time does): the partial weight gradients of a convolution's
+    runs, rows shared among the threads."""
+    first = parts[0]
+    if len(parts) == 1:
+        return
+    if _small(first):
+        for part in parts[1:]:
+            first += part
+        return
+
+    def body(s):
+        for part in parts[1:]:
+            np.add(first[s], part[s], out=first[s])
+    parallel.over_images(first.shape[0], body)
 
 
 def copy(a):

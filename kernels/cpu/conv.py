@@ -38,7 +38,7 @@ import functools
 import numpy as np
 from numba import njit
 
-from . import parallel, winograd, workspace
+from . import arrays, parallel, winograd, workspace
 from .loops import add, add_strided, copy, copy_strided, u64, zero
 
 # Images per GEMM so that it has at least this many columns (output pixels). Larger GEMMs run
@@ -402,11 +402,14 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         return gw2, gb
 
     parts = parallel.run(body, parallel.chunks(n, images_per_chunk(n, p, direct)), blas=True)
-    gw, gb = parts[0]
-    for gw_part, gb_part in parts[1:]:    # fixed order, whichever thread ran which run
-        if need_w:
-            gw += gw_part
-        if need_b:
+    # The runs' partial sums in run order, whichever thread ran which run.
+    gw = gb = None
+    if need_w:
+        gw = parts[0][0]
+        arrays.sum_into([part[0] for part in parts])    # gW's rows among the threads
+    if need_b:
+        gb = parts[0][1]
+        for _, gb_part in parts[1:]:
             gb += gb_part
     gw = gw.reshape(w.shape) if need_w else None
     gb = gb.astype(x.dtype) if need_b else None
