@@ -18,8 +18,9 @@ never touch the other's, and peak memory is the process's own: ``ru_maxrss`` (pe
 set) read after the inference steps (run first) and again after the training steps. "base" is
 the resident set once the model, optimizer and input are built, before the first step; the
 step's own working memory is peak - base. Times are medians over ``--steps`` steps after
-``--warmup`` warm-up steps (which include Numba's cache loading or compilation, and oneDNN's
-kernel generation); with ``--rounds R`` the two frameworks alternate R times (ours, torch,
+``--warmup`` warm-up steps (which include Numba's cache loading or compilation, oneDNN's
+kernel generation, and the first steps' page faults while the heap grows to what a step
+needs: 5 by default, after which a long run's steady state holds); with ``--rounds R`` the two frameworks alternate R times (ours, torch,
 torch, ours, ...) so that slow phases of a shared machine hit both, and the medians are taken
 over every round's steps. "ratio" is ours / torch in img/s (above 1: ours is faster) and
 torch / ours in memory (above 1: ours uses less); "rounds" gives each round's own ratio (the
@@ -623,8 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(needs CuPy and a GPU)")
     ap.add_argument("--batch-sizes", default="8,32", help="comma-separated batch sizes (default 8,32)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement (default 3)")
-    ap.add_argument("--warmup", type=int, default=1,
-                    help="untimed warm-up steps before them (default 1)")
+    ap.add_argument("--warmup", type=int, default=5,
+                    help="untimed warm-up steps before them (default 5: the memory a step "
+                         "needs has settled by then, as in a long run)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run each framework this many times, alternating (default 1)")
     ap.add_argument("--mode", choices=("both", "train", "infer"), default="both",

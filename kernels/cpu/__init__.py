@@ -15,7 +15,11 @@ the batch out over the threads. Modules:
 * ``lrn``       -- cross-channel LRN forward and backward in one pass each;
 * ``sgd``       -- ``engine.SGD``'s and ``engine.Adam``'s updates in one pass per parameter;
 * ``loops``     -- the copy/add/zero loops they share (unsigned indices, so they vectorise);
+* ``arrays``    -- whole-array NumPy work the main thread would otherwise do alone (gradient
+  sums and copies, concatenation, the linear layers' GEMMs), in slices on the pool;
 * ``parallel``  -- the thread pool: whole images per thread, OpenBLAS on one thread;
+* ``memory``    -- keeps freed memory in the process (glibc's mmap threshold), so large
+  arrays reuse pages from step to step;
 * ``workspace`` -- per-thread buffers reused from call to call instead of reallocated;
 * ``lab``       -- first versions beside the promoted ones, validated and timed
   (``python -m kernels.cpu.lab``).
