@@ -11,13 +11,14 @@ Tensor; modules hold parameters and call them. Read ``conv.py`` and
 from . import caffe, dispatch
 from .activation import DropoutFunction, ReLUFunction, dropout, relu
 from .concat import ConcatFunction, concat
-from .conv import Conv2dFunction, conv2d
+from .conv import Conv2dFunction, StackedConv1x1Function, conv2d
 from .im2col import col2im, im2col
 from .linear import LinearFunction, linear
 from .loss import (LogSoftmax, Softmax, SoftmaxCrossEntropy, log_softmax, softmax,
                    softmax_cross_entropy)
 from .lrn import LRNFunction, lrn
-from .modules import AvgPool2d, Concat, Conv2d, Dropout, Flatten, Linear, LRN, MaxPool2d, ReLU
+from .modules import (AvgPool2d, Concat, Conv2d, Dropout, Flatten, Linear, LRN, MaxPool2d, ReLU,
+                      stacked_conv1x1)
 from .pooling import AvgPool2dFunction, MaxPool2dFunction, avg_pool2d, max_pool2d
 from engine.ops import flatten
 from .batchnorm import BatchNorm2d, BatchNormFunction, batch_norm
@@ -39,4 +40,5 @@ __all__ = [
     "scaled_tanh", "BatchNorm2d", "TableConv2d", "GlobalAvgPool2d", "Subsample2d", "Tanh",
     "BatchNormFunction", "TableConv2dFunction", "GlobalAvgPool2dFunction",
     "GroupedConv2dFunction", "AddReLUFunction", "SubsampleFunction", "TanhFunction",
+    "StackedConv1x1Function", "stacked_conv1x1",
 ]

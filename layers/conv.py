@@ -23,8 +23,10 @@ images on all cores without a batch-sized column matrix; on CuPy arrays, for the
 """
 from __future__ import annotations
 
+import numpy as np
+
 from engine.backend import get_array_module
-from engine.tensor import Tensor
+from engine.tensor import Function, Tensor
 
 from ._check import check_float, check_rank
 from .dispatch import KernelFunction
@@ -155,6 +157,64 @@ class Conv2dFunction(KernelFunction):
         gw = (conv_cuda.conv_backward_weight(self.x, gy, self.w.shape[2])
               if self.needs_grad[1] else None)
         return self._grads(gx, gw, gb)
+
+
+class StackedConv1x1Function(Function):
+    """1x1 convolutions (stride 1, no padding, with biases) that read the same input, run as
+    one: their weights stacked along the output channels make one convolution, so each chunk
+    of images takes one GEMM instead of one per convolution, and backward makes the input's
+    gradient in one product, W_stacked^T @ gY, instead of one per convolution summed
+    afterwards. The Inception modules' 1x1, 3x3-reduce and 5x5-reduce convolutions are such
+    siblings (in GoogLeNet's 3a, 64 + 96 + 16 output channels become one GEMM of 176).
+
+    x (N, C, H, W), w_i (O_i, C, 1, 1), b_i (O_i,) for i < count; outputs
+    y_i = relu?(w_i * x + b_i) (N, O_i, H, W), channel slices of one (N, sum O_i, H, W) array.
+    The convolution itself is a :class:`Conv2dFunction` on the stacked weights (its plain,
+    CPU or CUDA path); this class only stacks the weights and biases, splits the outputs,
+    joins their gradients for backward and splits the weight and bias gradients again. An
+    output that nothing used gets a zero gradient, so its convolution's weight and bias
+    gradients are zeros (called alone, it would get none).
+    """
+
+    fresh_grads = True     # the weight and bias gradients are row blocks of a new array
+
+    def __init__(self, count: int, relu: bool, impl: str | None = None):
+        self.count, self.relu, self.impl = int(count), relu, impl
+
+    def forward(self, x, *wb):
+        if len(wb) != 2 * self.count:
+            raise ValueError(f"conv1x1 stack: expected {self.count} (weight, bias) pairs, got "
+                             f"{len(wb)} arrays")
+        ws, bs = wb[0::2], wb[1::2]
+        for w in ws:
+            if w.ndim != 4 or w.shape[2:] != (1, 1):
+                raise ValueError(f"conv1x1 stack: weights must be (out, in, 1, 1), got "
+                                 f"{tuple(w.shape)}")
+        xp = get_array_module(x, *ws)
+        self.sizes = [w.shape[0] for w in ws]
+        self.conv = Conv2dFunction(1, 0, self.relu, self.impl)
+        self.conv.needs_grad = (self.needs_grad[0], any(self.needs_grad[1::2]),
+                                any(self.needs_grad[2::2]))
+        y = self.conv.forward(x, xp.concatenate(ws), xp.concatenate(bs))
+        bounds = np.cumsum([0] + self.sizes)
+        return tuple(y[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]))
+
+    def macs(self, xs, ys) -> int:
+        return sum(y.size for y in ys) * xs[0].shape[1]
+
+    def backward(self, *gys):
+        if get_array_module(*gys) is np:
+            from kernels.cpu import arrays
+            gy = arrays.concat(gys, 1)
+        else:
+            gy = get_array_module(*gys).concatenate(gys, axis=1)
+        gx, gw, gb = self.conv.backward(gy)
+        grads, start = [gx], 0
+        for size in self.sizes:
+            grads.append(None if gw is None else gw[start:start + size])
+            grads.append(None if gb is None else gb[start:start + size])
+            start += size
+        return tuple(grads)
 
 
 def conv2d(x, w, b=None, stride: int = 1, pad: int = 0, relu: bool = False,

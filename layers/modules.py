@@ -9,7 +9,7 @@ from engine.module import Module, Parameter
 from . import caffe
 from .activation import dropout, relu
 from .concat import concat
-from .conv import conv2d
+from .conv import StackedConv1x1Function, conv2d
 from .linear import linear
 from .lrn import lrn
 from .pooling import avg_pool2d, max_pool2d
@@ -52,6 +52,20 @@ class Conv2d(Module):
         return (f"{self.in_channels}, {self.out_channels}, k={self.ksize}, s={self.stride}, "
                 f"p={self.pad}{', relu' if self.relu else ''}"
                 f"{f', groups={self.groups}' if self.groups > 1 else ''}")
+
+
+def stacked_conv1x1(x, convs) -> list:
+    """``[conv(x) for conv in convs]``, computed as one convolution when every one is a 1x1,
+    stride-1, unpadded :class:`Conv2d` with a bias and the same ReLU setting
+    (:class:`layers.conv.StackedConv1x1Function`); otherwise one call each. The parameters
+    stay the modules' own (names, checkpoints and optimiser settings are unchanged)."""
+    stackable = len(convs) > 1 and all(
+        c.ksize == 1 and c.stride == 1 and c.pad == 0 and c.groups == 1 and c.bias is not None
+        and c.relu == convs[0].relu for c in convs)
+    if not stackable:
+        return [c(x) for c in convs]
+    wb = [p for c in convs for p in (c.weight, c.bias)]
+    return list(StackedConv1x1Function(len(convs), convs[0].relu)(x, *wb))
 
 
 class Linear(Module):

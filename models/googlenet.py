@@ -80,12 +80,10 @@ class Inception(Module):
         self.out_channels = c1 + c3 + c5 + pp
 
     def forward(self, x):
-        return L.concat([
-            self.conv_1x1(x),
-            self.conv_3x3(self.conv_3x3_reduce(x)),
-            self.conv_5x5(self.conv_5x5_reduce(x)),
-            self.pool_proj(self.pool(x)),
-        ])
+        # The three 1x1 convolutions on x run as one (layers.stacked_conv1x1).
+        b1, r3, r5 = L.stacked_conv1x1(x, [self.conv_1x1, self.conv_3x3_reduce,
+                                           self.conv_5x5_reduce])
+        return L.concat([b1, self.conv_3x3(r3), self.conv_5x5(r5), self.pool_proj(self.pool(x))])
 
 
 class AuxHead(Module):

@@ -386,3 +386,38 @@ def test_float32_forward_tracks_float64(xp):
                                             pad=1, relu=True), 3, 2), 5, 1e-2)
         outs.append(to_np(y))
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["auto", "plain"])
+def test_stacked_1x1_convolutions_equal_the_separate_ones(mode):
+    """layers.stacked_conv1x1: the same outputs and gradients as calling each Conv2d, also
+    when one output is not used downstream; a mixed set falls back to separate calls."""
+    from layers import dispatch
+    rng = np.random.default_rng(11)
+    convs = [L.Conv2d(10, o, 1, relu=True, bias_fill=0.1, dtype="float64") for o in (5, 4, 3)]
+    xa = rng.standard_normal((3, 10, 6, 7))
+    gys = [rng.standard_normal((3, o, 6, 7)) for o in (5, 4, 3)]
+
+    def run(stacked):
+        for c in convs:
+            c.weight.grad = c.bias.grad = None
+        x = Tensor(xa, requires_grad=True)
+        outs = L.stacked_conv1x1(x, convs) if stacked else [c(x) for c in convs]
+        loss = (outs[0] * Tensor(gys[0])).sum() + (outs[2] * Tensor(gys[2])).sum()  # 1 unused
+        loss.backward()
+        return [o.data for o in outs] + [x.grad] + [p.grad for c in convs
+                                                     for p in (c.weight, c.bias)]
+
+    with dispatch.use(mode):
+        got, want = run(True), run(False)
+    assert len(got) == len(want) == 10
+    for a, b in zip(got[:6] + got[8:], want[:6] + want[8:]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    # The unused output's convolution: no gradient when called alone, zeros when stacked
+    # (its rows of the one weight gradient).
+    assert want[6] is None and want[7] is None
+    assert not got[6].any() and not got[7].any()
+    mixed = convs[:2] + [L.Conv2d(10, 3, 1, relu=False, dtype="float64")]
+    x = Tensor(xa)
+    assert all(o.creator is None or type(o.creator).__name__ == "Conv2dFunction"
+               for o in L.stacked_conv1x1(x, mixed))

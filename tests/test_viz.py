@@ -78,9 +78,12 @@ def test_shared_inputs_appear_once():
     block = Inception(8, 4, 4, 6, 2, 3, 3)
     nodes, edges = parse_dot(to_dot(block(x), names=block))
     (kx,) = keys_where(nodes, "x")
-    assert sum(src == kx for src, _ in edges) == 4        # the four branches read one node
+    # The branches read one node: the three 1x1 convolutions as one op, and the pool.
+    assert sum(src == kx for src, _ in edges) == 2
     labels = [lines for _, lines in nodes.values()]
     assert ["conv_1x1.weight", "4x8x1x1"] in labels       # parameters named after the module
+    assert ["conv_1x1 + conv_3x3_reduce + conv_5x5_reduce", "StackedConv1x1 3 x 1x1/1 +ReLU",
+            "1x4x6x6 | 1x4x6x6 | 1x2x6x6"] in labels
     assert ["conv_3x3", "Conv2d 3x3/1 pad 1 +ReLU", "1x6x6x6"] in labels
     assert ["Concat", "1x16x6x6"] in labels
     without, _ = parse_dot(to_dot(block(x), names=block, params=False))

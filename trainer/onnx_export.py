@@ -126,6 +126,16 @@ def _conv(g, f, x, w, b=None):
     return g.node("Relu", [y]) if f.relu else y
 
 
+@converts(L.StackedConv1x1Function)
+def _stacked_conv1x1(g, f, x, *wb):
+    """One Conv (+ Relu) per stacked convolution, as they would have been recorded alone."""
+    outs = []
+    for w, b in zip(wb[0::2], wb[1::2]):
+        y = g.node("Conv", [x, w, b], kernel_shape=[1, 1], strides=[1, 1], pads=[0] * 4)
+        outs.append(g.node("Relu", [y]) if f.relu else y)
+    return outs
+
+
 @converts(L.LinearFunction)
 def _linear(g, f, x, w, b=None):
     return g.node("Gemm", [x, w] + ([b] if b else []), transB=1)

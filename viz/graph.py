@@ -113,6 +113,8 @@ def _settings(f: Function, shapes) -> str:
         kh, kw = shapes[1][2:]
         text = f"{kh}x{kw}/{d['stride']}" + (f" pad {d['pad']}" if d["pad"] else "")
         return text + (" +ReLU" if d.get("relu") else "")
+    if "count" in d and "sizes" in d:                             # stacked 1x1 convolutions
+        return f"{d['count']} x 1x1/1" + (" +ReLU" if d.get("relu") else "")
     if "k" in d and "s" in d:                                     # pooling
         return f"{d['k']}x{d['k']}/{d['s']}" + (f" pad {d['pad']}" if d.get("pad") else "")
     if "size" in d and "beta" in d:                               # LRN
@@ -121,12 +123,16 @@ def _settings(f: Function, shapes) -> str:
 
 
 def _scope(edges, names: dict) -> str:
-    """The module path of a function that uses a named parameter ("inception_3a.conv_1x1")."""
+    """The module path of a function that uses a named parameter ("inception_3a.conv_1x1"), or
+    the paths joined by " + " when it uses several modules' parameters."""
+    scopes = []
     for kind, obj, _, _ in edges:
         name = names.get(id(obj)) if kind == "leaf" else None
         if name:
-            return name.rsplit(".", 1)[0] if "." in name else name
-    return ""
+            scope = name.rsplit(".", 1)[0] if "." in name else name
+            if scope not in scopes:
+                scopes.append(scope)
+    return " + ".join(scopes)
 
 
 def _walk(roots) -> list:

@@ -173,15 +173,18 @@ assert abs(total.item() - (parts[0] + AUX_LOSS_WEIGHT * (parts[1] + parts[2]))) 
 # that training mode just built (the three outputs, the aux heads branching off after 4a
 # and 4d), walked back from the outputs by viz.draw_network, one box per op, layered so
 # that each Inception module's four branches sit side by side between its input and its
-# concat. Nothing in the picture is typed in by hand: change models/googlenet.py and the
-# picture follows.
+# concat. The three 1x1 convolutions that read a module's input run as one op (one GEMM
+# with their weights stacked, layers.stacked_conv1x1): one box, which three branches leave.
+# Nothing in the picture is typed in by hand: change models/googlenet.py and the picture
+# follows.
 net.train()
 outputs = net(image)
 graph = build_graph(*outputs, names=net, params=False)
 ops = [n.op for n in graph.nodes if n.kind == "function"]
-print(f"\nthe training graph: {len(ops)} ops, {ops.count('Conv2dFunction')} convolutions, "
-      f"{ops.count('ConcatFunction')} concats, {len(outputs)} outputs")
-assert ops.count("Conv2dFunction") == 59 and ops.count("ConcatFunction") == 9
+convs = ops.count("Conv2dFunction") + 3 * ops.count("StackedConv1x1Function")
+print(f"\nthe training graph: {len(ops)} ops, {convs} convolutions ({ops.count('StackedConv1x1Function')}"
+      f" x 3 of them stacked), {ops.count('ConcatFunction')} concats, {len(outputs)} outputs")
+assert convs == 59 and ops.count("StackedConv1x1Function") == 9 and ops.count("ConcatFunction") == 9
 draw_network(*outputs, png_path=str(OUT / "step06_googlenet.png"), names=net, dpi=90,
              title="GoogLeNet, drawn from the model (training mode, aux heads included)")
 print(f"wrote {OUT / 'step06_googlenet.png'}")
