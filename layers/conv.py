@@ -29,6 +29,7 @@ from engine.backend import get_array_module
 from engine.tensor import Function, Tensor
 
 from ._check import check_float, check_rank
+from .concat import ConcatFunction
 from .dispatch import KernelFunction
 from .im2col import col2im, conv_out_size, im2col
 
@@ -203,11 +204,7 @@ class StackedConv1x1Function(Function):
         return sum(y.size for y in ys) * xs[0].shape[1]
 
     def backward(self, *gys):
-        if get_array_module(*gys) is np:
-            from kernels.cpu import arrays
-            gy = arrays.concat(gys, 1)
-        else:
-            gy = get_array_module(*gys).concatenate(gys, axis=1)
+        gy = ConcatFunction(axis=1).forward(*gys)     # its plain or CPU path, as dispatched
         gx, gw, gb = self.conv.backward(gy)
         grads, start = [gx], 0
         for size in self.sizes:

@@ -37,11 +37,11 @@ def add(a, b):
 
 
 def add_into(a, b) -> None:
-    """a += b in place (a and b of one shape)."""
-    if _small(a) or a.shape != b.shape:
+    """a += b in place (b broadcast to a's shape on the calling thread)."""
+    if a.shape != b.shape:
         a += b
         return
-    parallel.over_images(a.shape[0], lambda s: np.add(a[s], b[s], out=a[s]))
+    sum_into([a, b])
 
 
 def sum_into(parts) -> None:
