@@ -136,50 +136,65 @@ def test_conv_impl_plain_forces_the_numpy_path(monkeypatch):
         L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1)
 
 
-# Winograd F(2x2, 3x3) forward, against the plain path in float64. Its float32 error on
-# GoogLeNet's shapes is about 5e-7 of the output's scale; 1e-5 is the stated bound.
-WINOGRAD_TOL = {np.float32: 1e-5, np.float64: 1e-12}
+# Winograd F(2x2, 3x3) and F(4x4, 3x3), forward and input gradient, against the plain path in
+# float64. Their float32 errors on GoogLeNet's shapes are about 5e-7 and up to 4e-6 of the
+# output's scale; 5e-5 is the stated bound.
+WINOGRAD_TOL = {np.float32: 5e-5, np.float64: 1e-12}
 
 
 @FEW
-@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 11),
-       st.integers(1, 11), st.booleans(), st.sampled_from([np.float32, np.float64]),
-       st.integers(0, 2**31 - 1))
-def test_winograd_forward_matches_the_direct_convolution(monkeypatch, n, c, o, h, w, relu,
-                                                         dtype, seed):
+@given(st.sampled_from([2, 4]), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9),
+       st.integers(1, 13), st.integers(1, 13), st.booleans(), st.booleans(),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
+def test_winograd_matches_the_direct_convolution(monkeypatch, m, n, c, o, h, w, relu, bias,
+                                                  dtype, seed):
+    """Every map size from 1x1 (tiles mostly outside the map) to 13x13, odd and even."""
     from kernels.cpu import winograd
-    monkeypatch.setattr(winograd, "worth_it", lambda *a: True)   # on every shape drawn
+    monkeypatch.setattr(winograd, "choose", lambda *a: m)     # on every shape drawn
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((o, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(o).astype(dtype)
-    f = L.Conv2dFunction(1, 1, relu=relu)
-    y = f.forward(x, wt, b)
-    assert f.path == "cpu"
-    with kernels(False):
-        ref = L.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64),
-                       1, 1, relu=relu).data
-    scale = max(float(np.abs(ref).max()), 1.0)
-    assert y.dtype == dtype
-    np.testing.assert_allclose(y, ref, rtol=0, atol=WINOGRAD_TOL[dtype] * scale)
+    gy = rng.standard_normal((n, o, h, w)).astype(dtype)
+    results = []
+    for flag, cast in ((True, dtype), (False, np.float64)):
+        with kernels(flag):
+            xt = Tensor(x.astype(cast), requires_grad=True)
+            y = L.conv2d(xt, Tensor(wt.astype(cast)),
+                         Tensor(b.astype(cast)) if bias else None, 1, 1, relu=relu)
+            y.backward(gy.astype(cast))
+            results.append((y.data, xt.grad))
+    for ours, theirs in zip(*results):
+        scale = max(float(np.abs(theirs).max()), 1.0)
+        assert ours.dtype == dtype
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=WINOGRAD_TOL[dtype] * scale)
 
 
 def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     from kernels.cpu import conv as K
     from kernels.cpu import winograd
-    assert K.use_winograd((8, 128, 28, 28), (192, 128, 3, 3), 1, 1)
-    assert not K.use_winograd((8, 160, 7, 7), (320, 160, 3, 3), 1, 1)       # small maps
-    assert not K.use_winograd((8, 16, 28, 28), (32, 16, 3, 3), 1, 1)        # few channels
-    assert not K.use_winograd((8, 128, 28, 28), (192, 128, 3, 3), 2, 1)     # stride 2
-    assert not K.use_winograd((8, 128, 28, 28), (192, 128, 5, 5), 1, 2)     # 5x5
-    calls = []
-    real = winograd.input_transform
-    monkeypatch.setattr(winograd, "input_transform", lambda *a: calls.append(1) or real(*a))
-    x = np.random.default_rng(0).standard_normal((2, 64, 14, 14)).astype(np.float32)
-    wt = np.random.default_rng(1).standard_normal((64, 64, 3, 3)).astype(np.float32)
-    ours, ref = run_both(lambda *a: L.conv2d(*a, pad=1, relu=True), [x, wt])
-    assert calls                                       # the kernels' forward took it
-    assert_close(ours[:1], ref[:1], np.float32)
+    size = K.winograd_size
+    assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1) == 4                 # conv2
+    assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1, gradient=True) == 4
+    assert size((8, 16, 28, 28), (32, 16, 3, 3), 1, 1) == 4                  # few channels
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == 2               # 14x14
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, gradient=True) == 0
+    assert size((8, 32, 14, 14), (64, 32, 3, 3), 1, 1) == 0
+    assert size((8, 160, 7, 7), (320, 160, 3, 3), 1, 1) == 0                 # small maps
+    assert size((8, 128, 28, 28), (192, 128, 3, 3), 2, 1) == 0               # stride 2
+    assert size((8, 128, 28, 28), (192, 128, 5, 5), 1, 2) == 0               # 5x5
+    for shape, m in (((2, 64, 16, 16), 4), ((2, 64, 14, 14), 2)):
+        calls = []
+        real = winograd.TRANSFORMS[m]
+        monkeypatch.setitem(winograd.TRANSFORMS, m,      # records whose input it transforms
+                            (lambda *a, f=real[0]: calls.append(a[0].shape[1])
+                             or f(*a), real[1]))
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        wt = np.random.default_rng(1).standard_normal((80, 64, 3, 3)).astype(np.float32)
+        ours, ref = run_both(lambda *a: L.conv2d(*a, pad=1, relu=True), [x, wt])
+        assert 64 in calls                             # the forward took it (x: 64 channels)
+        assert (80 in calls) == (m == 4)               # the input gradient (gY: 80)
+        assert_close(ours[:2], ref[:2], np.float32)
 
 
 def test_im2col_and_col2im_kernels_match_numpy():
@@ -636,19 +651,45 @@ def test_linear_and_concat_cpu_paths_match_the_plain_path(two_threads, dtype):
         np.testing.assert_array_equal(u, v)
 
 
-def test_winograd_filter_transform_is_g_g_gt():
+WINOGRAD_G = {2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+              4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                           [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_filter_transform_is_g_g_gt(m):
     from kernels.cpu import winograd
-    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    G = WINOGRAD_G[m]
     w = np.random.default_rng(7).standard_normal((5, 3, 3, 3))
     flipped = w[:, :, ::-1, ::-1]                     # a non-contiguous view works too
     for filters in (w, flipped):
-        u = winograd.filter_transform(filters)
-        assert u.shape == (16, 5, 3)
+        u = winograd.filter_transform(filters, m)
+        assert u.shape == ((m + 2) ** 2, 5, 3)
         for o in range(5):
             for c in range(3):
                 ref = G @ filters[o, c] @ G.T
-                np.testing.assert_allclose(u[:, o, c].reshape(4, 4), ref, rtol=1e-14,
-                                           atol=1e-14)
+                np.testing.assert_allclose(u[:, o, c].reshape(m + 2, m + 2), ref,
+                                           rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_transforms_compute_the_correlation_of_one_tile(m):
+    """Input transform, elementwise product and output transform of F(m x m, 3x3) on one
+    tile give the m x m correlation, from the definition."""
+    from kernels.cpu import winograd
+    rng = np.random.default_rng(3)
+    d = rng.standard_normal((1, 1, m, m))             # one tile: its (m+2)^2 is d padded by 1
+    g = rng.standard_normal((1, 1, 3, 3))
+    k = winograd.constants(np.float64)
+    into, out_of = winograd.TRANSFORMS[m]
+    v = np.empty(((m + 2) ** 2, 1, 1))
+    into(d.reshape(1, 1, m * m), 0, m, m, k, v)
+    prod = winograd.filter_transform(g, m) * v
+    y = np.empty((1, 1, m * m))
+    out_of(prod, np.zeros(1), False, False, k, 0, m, m, y)
+    padded = np.pad(d[0, 0], 1)
+    ref = [[(padded[i:i + 3, j:j + 3] * g[0, 0]).sum() for j in range(m)] for i in range(m)]
+    np.testing.assert_allclose(y.reshape(m, m), ref, rtol=1e-13, atol=1e-13)
 
 
 _FREED_RSS = """

@@ -282,51 +282,58 @@ def images_per_chunk(n, p, pointwise) -> int:
     return max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // (2 * parallel.threads()))))
 
 
-def use_winograd(x_shape, w_shape, stride, pad) -> bool:
-    """Winograd F(2x2, 3x3) for this layer's forward (``winograd.applies`` and ``worth_it``)?
-    The backward stays on im2col + GEMM, which measured faster (``docs/performance_cpu.md``)."""
-    return (winograd.applies(w_shape, stride, pad)
-            and winograd.worth_it(x_shape[1], w_shape[0], x_shape[2], x_shape[3]))
+def winograd_size(x_shape, w_shape, stride, pad, gradient=False) -> int:
+    """m of the Winograd F(m x m, 3x3) for this layer's forward (``gradient``: input
+    gradient), 0 for im2col + GEMM (``winograd.applies`` and ``winograd.choose``)."""
+    if not winograd.applies(w_shape, stride, pad):
+        return 0
+    return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], gradient)
 
 
-def _sixteen(slot, rows, cols, dtype):
-    """A (16, rows, cols) workspace whose 16 matrices lie 64 bytes more than rows * cols
-    apart: the transforms read or write all 16 at once, and at a distance that is a multiple
-    of 4 KiB those 16 streams would share one set of the L1 cache (measured 5x slower)."""
+def _stack(slot, count, rows, cols, dtype):
+    """A (count, rows, cols) workspace whose matrices lie 64 bytes more than rows * cols
+    apart: the transforms read or write all of them at once, and at a distance that is a
+    multiple of 4 KiB those streams would share one set of the L1 cache (measured 5x slower
+    with F(2x2, 3x3)'s 16)."""
     step = rows * cols + 64 // np.dtype(dtype).itemsize
-    flat = workspace.get(slot, (16, step), dtype)
-    return flat[:, :rows * cols].reshape(16, rows, cols)
+    flat = workspace.get(slot, (count, step), dtype)
+    return flat[:, :rows * cols].reshape(count, rows, cols)
 
 
-def _winograd(src3, u, bias, has_bias, relu, h, w, out3):
-    """out3 (N, O, H*W) = relu(conv3x3_same(src3) + bias) by F(2x2, 3x3), chunks of images
-    on the threads; u (16, O, C) is the transformed filter."""
-    n, c = src3.shape[:2]
-    o = u.shape[1]
-    nt = winograd.tiles(h, w)[0] * winograd.tiles(h, w)[1]
-
-    def body(chunks):
-        for n0, g in chunks:
-            v = _sixteen("wino_v", c, g * nt, u.dtype)
-            m = _sixteen("wino_m", o, g * nt, u.dtype)
-            winograd.input_transform(src3, n0, h, w, v)
-            np.matmul(u, v, out=m)
-            winograd.output_transform(m, bias, has_bias, relu, n0, h, w, out3)
-
-    parallel.run(body, parallel.chunks(n, images_per_chunk(n, nt, False)), blas=True)
+def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
+    """out3[n0:n0+g] (N, O, H*W) = relu(conv3x3_same(src3[s0:s0+g]) + bias) by Winograd, on
+    the calling thread; src3 (*, C, H*W) may be a strided view; u ((m+2)^2, O, C) is the
+    transformed filter (``winograd.filter_transform``), which says m."""
+    count, o, c = u.shape
+    m = 2 if count == 16 else 4
+    into, out_of = winograd.TRANSFORMS[m]
+    k = winograd.constants(u.dtype)
+    nt = g * winograd.tiles(h, w, m)
+    v = _stack("wino_v", count, c, nt, u.dtype)
+    prod = _stack("wino_m", count, o, nt, u.dtype)
+    into(src3, s0, h, w, k, v)
+    np.matmul(u, v, out=prod)                # (m+2)^2 GEMMs (O, C) @ (C, g*tiles)
+    out_of(prod, bias, has_bias, relu, k, n0, h, w, out3)
 
 
 def conv2d(x, w, b, stride, pad, relu):
     """y (N, O, OH, OW) = relu(conv(x, w) + b) for x (N, C, H, W), w (O, C, kh, kw), b (O,)
     or None. Per chunk of g images: col = im2col, Y = W @ col, y[chunk] = relu(Y + b); or
-    Winograd F(2x2, 3x3) where :func:`use_winograd`."""
+    Winograd F(m x m, 3x3) where :func:`winograd_size`."""
     n, c, h, wd = x.shape
-    if use_winograd(x.shape, w.shape, stride, pad):
+    m = winograd_size(x.shape, w.shape, stride, pad)
+    if m:
         y = np.empty((n, w.shape[0], h, wd), dtype=x.dtype)
-        x3 = x.reshape(n, c, h * wd)
-        bias = b if b is not None else x3[0, 0]
-        _winograd(x3, winograd.filter_transform(w), bias, b is not None, relu, h, wd,
-                  y.reshape(n, -1, h * wd))
+        x3, y3 = x.reshape(n, c, h * wd), y.reshape(n, -1, h * wd)
+        u = winograd.filter_transform(w, m)
+        bias = b if b is not None else u[0, :, 0]        # unused when there is no bias
+
+        def wino(chunks):
+            for n0, g in chunks:
+                _winograd_chunk(x3, n0, u, bias, b is not None, relu, h, wd, y3, n0, g)
+
+        nt = winograd.tiles(h, wd, m)
+        parallel.run(wino, parallel.chunks(n, images_per_chunk(n, nt, False)), blas=True)
         return y
     o, _, kh, kw = w.shape
     oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
@@ -355,8 +362,9 @@ def conv2d(x, w, b, stride, pad, relu):
 def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     """(gx, gW, gb) of :func:`conv2d` (None where not needed); ``y`` is the forward's output
     (its ReLU mask; unused without ``relu``). Per chunk: gY = gy[chunk] * (y > 0),
-    gb += row sums of gY, gW += gY @ im2col(x[chunk]).T, gx[chunk] = col2im(W.T @ gY). Each
-    run of chunks returns partial gW and gb, added in run order."""
+    gb += row sums of gY, gW += gY @ im2col(x[chunk]).T, gx[chunk] = col2im(W.T @ gY) (or by
+    Winograd where :func:`winograd_size` says so). Each run of chunks returns partial gW
+    and gb, added in run order."""
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     oh, ow = gy.shape[2:]
@@ -366,6 +374,13 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     y3 = y.reshape(n, o, p) if relu else gy3
     direct = kh == kw == 1 and stride == 1 and pad == 0
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
+    # gx by Winograd: the masked gradient correlated with the filters turned around and
+    # transposed, w'[c, o] = w[o, c, ::-1, ::-1], the same "same" 3x3 convolution as forward.
+    wino = winograd_size(x.shape, w.shape, stride, pad, gradient=True) if need_x else 0
+    if wino:
+        u_t = winograd.filter_transform(np.ascontiguousarray(
+            w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), wino)
+        gx3 = gx.reshape(n, c, p)
 
     def body(chunks):
         """One run of chunks; returns its (gW, gb) partial sums. The run's first GEMM writes
@@ -386,7 +401,11 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                     part = workspace.get("gw", (o, ck), x.dtype)
                     np.matmul(gyc, col.T, out=part)
                     gw2 += part
-            if need_x:
+            if wino:
+                gy_images = gyc.reshape(o, g, p).transpose(1, 0, 2)     # (g, O, P) view
+                _winograd_chunk(gy_images, 0, u_t, u_t[0, :, 0], False, False, h, wd, gx3,
+                                n0, g)
+            elif need_x:
                 if direct and g == 1:
                     np.matmul(w2t, gyc, out=gx[n0].reshape(c, p))
                     continue

@@ -1,34 +1,49 @@
-"""Winograd F(2x2, 3x3): a 3x3 stride-1 "same" convolution with 16 multiplies per 2x2 output
-tile instead of 36 (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+"""Winograd's minimal filtering for 3x3 stride-1 "same" convolutions (Lavin and Gray, "Fast
+Algorithms for Convolutional Neural Networks", 2016): F(m x m, 3x3) computes an m x m output
+tile from an (m+2) x (m+2) input tile ``d`` (tiles start every m pixels, at -pad) as::
 
-For each 4x4 input tile ``d`` (tiles start every 2 pixels, at -pad) and each 3x3 filter ``g``,
-the 2x2 outputs of the correlation are ``Y = A^T [(G g G^T) * (B^T d B)] A`` with::
+    Y = A^T [(G g G^T) * (B^T d B)] A        for each 3x3 filter g
+
+Summed over input channels, the elementwise product becomes (m+2)^2 GEMMs, one per position
+``k`` of the transformed tile::
+
+    U[k] = (G g G^T)[k]      (O, C)        filter transform, once per call
+    V[k] = (B^T d B)[k]      (C, T)        input transform, T tiles of a chunk of images
+    M[k] = U[k] @ V[k]       (O, T)
+    y    = A^T M A (+ b, ReLU)             output transform, m x m pixels per tile
+
+Two sizes, chosen per layer by ``kernels.cpu.conv`` where each measured faster:
+
+* **F(2x2, 3x3)**: 16 multiplies per 2x2 tile (4 per output pixel and channel pair, where
+  the direct convolution does 9); transformed tiles hold 4 values per pixel::
 
     B^T = [[1, 0, -1,  0],     G = [[  1,    0,    0],     A^T = [[1, 1,  1,  0],
            [0, 1,  1,  0],          [1/2,  1/2,  1/2],            [0, 1, -1, -1]]
            [0, -1, 1,  0],          [1/2, -1/2,  1/2],
            [0, 1,  0, -1]]          [  0,    0,    1]]
 
-Summed over input channels, the elementwise product becomes 16 GEMMs, one per position
-``k`` of the 4x4 transformed tile::
+* **F(4x4, 3x3)**: 36 multiplies per 4x4 tile (2.25 per pixel), 2.25 values per pixel,
+  interpolation points 0, +-1, +-2 and infinity::
 
-    U[k] = (G g G^T)[k]      (O, C)        filter transform, once per call
-    V[k] = (B^T d B)[k]      (C, T)        input transform, T tiles of a chunk of images
-    M[k] = U[k] @ V[k]       (O, T)
-    y    = A^T M A (+ b, ReLU)             output transform, 2x2 pixels per tile
+    B^T = [[4,  0, -5,  0, 1, 0],    G = [[ 1/4,     0,    0],    A^T = [[1, 1,  1, 1,  1, 0],
+           [0, -4, -4,  1, 1, 0],         [-1/6, -1/6, -1/6],           [0, 1, -1, 2, -2, 0],
+           [0,  4, -4, -1, 1, 0],         [-1/6,  1/6, -1/6],           [0, 1,  1, 4,  4, 0],
+           [0, -2, -1,  2, 1, 0],         [1/24, 1/12,  1/6],           [0, 1, -1, 8, -8, 1]]
+           [0,  2, -1, -2, 1, 0],         [1/24, -1/12, 1/6],
+           [0,  4,  0, -5, 0, 1]]         [   0,     0,    1]]
 
-``kernels.cpu.conv`` runs forward passes this way where it measured faster (:func:`worth_it`);
-backward stays on im2col + GEMM, which measured faster there (``docs/performance_cpu.md``).
-The rounding differs from the direct sum's: the transforms add and subtract up to 4 x 4
-inputs at a time, so the float32 error grows by a small constant factor (measured about
-5e-7 of the output's scale on GoogLeNet's shapes; ``tests/test_cpu_kernels.py`` holds it to
-1e-5).
+The rounding differs from the direct sum's: the transforms add and subtract many inputs at a
+time (F(4x4, 3x3) with multipliers up to 25 in B^T d B and 64 in A^T M A), so the float32
+error grows by a constant factor, measured on GoogLeNet's shapes at about 5e-7 of the
+output's scale for F(2x2, 3x3) and up to 4e-6 for F(4x4, 3x3) (``tests/test_cpu_kernels.py``
+holds both to 5e-5).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from . import arrays
 from .loops import copy, u64
 
 
@@ -37,39 +52,63 @@ def applies(w_shape, stride: int, pad: int) -> bool:
     return tuple(w_shape[2:]) == (3, 3) and stride == 1 and pad == 1
 
 
-def worth_it(c: int, o: int, h: int, w: int) -> bool:
-    """Whether F(2x2, 3x3) beat im2col + GEMM for this forward on one core. Measured on
-    GoogLeNet's 3x3 convolutions at batch 8: 1.3-1.5x on the 56x56 and 28x28 maps, 1.1-1.2x
-    at 14x14, 0.6-0.7x at 7x7, where the per-plane transform work and the small GEMMs
-    (16 tiles per image) cost more than the multiplies saved."""
-    return min(c, o) >= 64 and h >= 14 and w >= 14
+def choose(c: int, o: int, h: int, w: int, gradient: bool = False) -> int:
+    """m of the F(m x m, 3x3) to run a 3x3 "same" layer's forward with (``gradient``: its
+    input gradient), or 0 for im2col + GEMM. Measured on GoogLeNet's layers in training
+    steps (``docs/performance_cpu.md``):
+
+    * F(4x4, 3x3) on maps of 16x16 and up (GoogLeNet's 56x56 and 28x28): forward 1.1-1.5x
+      F(2x2, 3x3), input gradient 1.05-1.2x im2col + GEMM;
+    * F(2x2, 3x3) for the forward on 14x14 and 15x15 maps with 64 channels or more in and
+      out: 1.1-1.2x; F(4x4, 3x3) there computes 16x16 per map (1.3x the pixels) and was no
+      faster than im2col + GEMM, forward or backward;
+    * im2col + GEMM on smaller maps (GoogLeNet's 7x7: each chunk's GEMMs read all of U,
+      (m+2)^2 / 9 times the filters, for a few tiles; 0.6-0.7x) and few channels."""
+    if min(h, w) >= 16:
+        return 4
+    if not gradient and min(h, w) >= 14 and min(c, o) >= 64:
+        return 2
+    return 0
 
 
 # G g G^T for a filter g flattened to 9 numbers is one linear map: (G g G^T)[a, b] =
-# sum_ij G[a, i] G[b, j] g[i, j], i.e. the Kronecker product G (x) G, a 16 x 9 matrix.
-_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-_GG = np.kron(_G, _G)
+# sum_ij G[a, i] G[b, j] g[i, j], i.e. the Kronecker product G (x) G, (m+2)^2 x 9.
+_G2 = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+_G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+_GG = {2: np.kron(_G2, _G2), 4: np.kron(_G4, _G4)}
 
 
-def filter_transform(w):
-    """U (16, O, C) = G g G^T for every filter g of w (O, C, 3, 3): one GEMM,
-    (G (x) G) (16, 9) @ w.reshape(O*C, 9).T, whose (16, O*C) result is U's layout. (A Numba
-    loop over the filters took 3.1 ms for 320x160 filters; this GEMM 0.7 ms.)"""
+def filter_transform(w, m: int):
+    """U ((m+2)^2, O, C) = G g G^T for every filter g of w (O, C, 3, 3): one GEMM,
+    (G (x) G) ((m+2)^2, 9) @ w.reshape(O*C, 9).T, whose ((m+2)^2, O*C) result is U's layout,
+    its rows shared among the threads. (A Numba loop over the filters took 3.1 ms for 320x160
+    filters with F(2x2, 3x3), the GEMM 0.7 ms; F(4x4, 3x3)'s 36 rows write 4 times the
+    filters' size, 1 ms on one thread.)"""
     o, c = w.shape[:2]
-    u = np.matmul(_GG.astype(w.dtype), w.reshape(o * c, 9).T)
-    return u.reshape(16, o, c)
+    gg = _GG[m]
+    u = arrays.matmul(gg.astype(w.dtype), w.reshape(o * c, 9).T)
+    return u.reshape(gg.shape[0], o, c)
 
 
-def tiles(h: int, w: int) -> tuple[int, int]:
-    """2x2 output tiles along H and W (the last ones half outside an odd-sized map)."""
-    return (h + 1) // 2, (w + 1) // 2
+def tiles(h: int, w: int, m: int) -> int:
+    """m x m output tiles per image (the last row and column of tiles partly outside the map
+    unless H and W are multiples of m)."""
+    return (-(-h // m)) * (-(-w // m))
 
 
+def constants(dtype):
+    """F(4x4, 3x3)'s multipliers (2, 4, 5, 8) as ``dtype`` values: products with them stay
+    in the data's dtype inside the kernels (a Python int would make them float64)."""
+    return np.array([2, 4, 5, 8], dtype=dtype)
+
+
+# ------------------------------------------------------------------ F(2x2, 3x3)
 @njit(cache=True, nogil=True, error_model="numpy")
-def input_transform(x3, n0, h, w, v):
-    """V (16, C, g*TH*TW) of images n0 .. n0+g-1 of x3 (N, C, H*W). Each (image, channel)
-    plane is first copied into a zero-bordered buffer so that every 4x4 tile reads in
-    bounds."""
+def input_transform_f2(x3, n0, h, w, k, v):
+    """F(2x2, 3x3): V (16, C, g*TH*TW) = B^T d B for every 4x4 tile d of images n0 .. n0+g-1
+    of x3 (N, C, H*W) (``k`` unused). Each (image, channel) plane is first copied into a
+    zero-bordered buffer so that every tile reads in bounds."""
     c = x3.shape[1]
     th, tw = (h + 1) // 2, (w + 1) // 2
     nt = th * tw
@@ -103,9 +142,10 @@ def input_transform(x3, n0, h, w, v):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def output_transform(m, bias, has_bias, relu, n0, h, w, y3):
-    """y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every tile of
-    M (16, O, g*TH*TW); the half-tiles past an odd-sized map's edge are dropped."""
+def output_transform_f2(m, bias, has_bias, relu, k, n0, h, w, y3):
+    """F(2x2, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every
+    tile of M (16, O, g*TH*TW) (``k`` unused); the half-tiles past an odd-sized map's edge
+    are dropped."""
     o_ = m.shape[1]
     th, tw = (h + 1) // 2, (w + 1) // 2
     nt = th * tw
@@ -141,3 +181,108 @@ def output_transform(m, bias, has_bias, relu, n0, h, w, y3):
                         if xx + 1 < w:
                             dst[(yy + 1) * w + xx + 1] = y11
 
+
+# ------------------------------------------------------------------ F(4x4, 3x3)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _bt6(a0, a1, a2, a3, a4, a5, c2, c4, c5):
+    """B^T applied to one column (or row) of a 6x6 tile."""
+    return (c4 * a0 - c5 * a2 + a4,
+            a3 + a4 - c4 * (a1 + a2),
+            a4 - a3 + c4 * (a1 - a2),
+            a4 - a2 + c2 * (a3 - a1),
+            a4 - a2 + c2 * (a1 - a3),
+            c4 * a1 - c5 * a3 + a5)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _at6(e0, e1, e2, e3, e4, e5, c2, c4, c8):
+    """A^T applied to one column (or row) of a 6x6 tile: four values."""
+    p, q = e1 + e2, e1 - e2
+    r, s = e3 + e4, e3 - e4
+    return e0 + p + r, q + c2 * s, p + c4 * r, q + c8 * s + e5
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def input_transform_f4(x3, n0, h, w, k, v):
+    """F(4x4, 3x3): V (36, C, g*TH*TW) = B^T d B for every 6x6 tile d of images n0 .. n0+g-1 of x3
+    (N, C, H*W) (any strides); ``k`` from :func:`constants`. Per tile row, S = B^T d runs along whole
+    buffer rows, then each of S's six rows gives six of V's matrices, tiles contiguous."""
+    c = x3.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = v.shape[2] // nt
+    wp = 4 * tw + 2
+    buf = np.zeros((4 * th + 2, wp), dtype=v.dtype)    # rows/columns past the map stay 0
+    s = np.empty((6, wp), dtype=v.dtype)
+    c2, c4, c5 = k[0], k[1], k[2]
+    for gi in range(g):
+        for ci in range(c):
+            src = x3[n0 + gi, ci]
+            for yy in range(h):
+                copy(buf[yy + 1], 1, src, yy * w, w)
+            for ty in range(th):
+                r0, r1, r2 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2]
+                r3, r4, r5 = buf[4 * ty + 3], buf[4 * ty + 4], buf[4 * ty + 5]
+                for q in range(u64(wp)):
+                    s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q] = _bt6(
+                        r0[q], r1[q], r2[q], r3[q], r4[q], r5[q], c2, c4, c5)
+                t0 = u64(gi * nt + ty * tw)
+                for a in range(6):
+                    sa = s[a]
+                    va0, va1, va2 = v[6 * a, ci], v[6 * a + 1, ci], v[6 * a + 2, ci]
+                    va3, va4, va5 = v[6 * a + 3, ci], v[6 * a + 4, ci], v[6 * a + 5, ci]
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        t = t0 + tx
+                        va0[t], va1[t], va2[t], va3[t], va4[t], va5[t] = _bt6(
+                            sa[j], sa[j + 1], sa[j + 2], sa[j + 3], sa[j + 4], sa[j + 5],
+                            c2, c4, c5)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def output_transform_f4(m, bias, has_bias, relu, k, n0, h, w, y3):
+    """F(4x4, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every tile of
+    M (36, O, g*TH*TW); the parts of tiles past the map's edge are dropped. Per tile row,
+    T = A^T M for all its tiles, then the four output rows, written in full."""
+    o_ = m.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = m.shape[2] // nt
+    tr = np.empty((4, 6, tw), dtype=m.dtype)
+    rows = np.empty((4, 4 * tw), dtype=m.dtype)
+    c2, c4, c8 = k[0], k[1], k[3]
+    for gi in range(g):
+        for o in range(o_):
+            dst = y3[n0 + gi, o]
+            b = bias[o] if has_bias else 0
+            for ty in range(th):
+                t0 = u64(gi * nt + ty * tw)
+                for col in range(6):
+                    m0, m1, m2 = m[col, o], m[6 + col, o], m[12 + col, o]
+                    m3, m4, m5 = m[18 + col, o], m[24 + col, o], m[30 + col, o]
+                    for tx in range(u64(tw)):
+                        t = t0 + tx
+                        tr[0, col, tx], tr[1, col, tx], tr[2, col, tx], tr[3, col, tx] = _at6(
+                            m0[t], m1[t], m2[t], m3[t], m4[t], m5[t], c2, c4, c8)
+                for r in range(4):
+                    e, row = tr[r], rows[r]
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        row[j], row[j + 1], row[j + 2], row[j + 3] = _at6(
+                            e[0, tx], e[1, tx], e[2, tx], e[3, tx], e[4, tx], e[5, tx],
+                            c2, c4, c8)
+                for r in range(min(4, h - 4 * ty)):
+                    row = rows[r]
+                    base = u64((4 * ty + r) * w)
+                    if relu:
+                        for q in range(u64(w)):
+                            val = row[q] + b
+                            dst[base + q] = 0 if val < 0 else val
+                    else:
+                        for q in range(u64(w)):
+                            dst[base + q] = row[q] + b
+
+
+# (input transform, output transform) of F(m x m, 3x3), by m
+TRANSFORMS = {2: (input_transform_f2, output_transform_f2),
+              4: (input_transform_f4, output_transform_f4)}
