@@ -136,8 +136,8 @@ def test_conv_impl_plain_forces_the_numpy_path(monkeypatch):
         L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1)
 
 
-# Winograd F(2x2, 3x3) and F(4x4, 3x3), forward and input gradient, against the plain path in
-# float64. Their float32 errors on GoogLeNet's shapes are about 5e-7 and up to 4e-6 of the
+# Winograd F(2x2, 3x3) and F(4x4, 3x3), forward and input gradient (and F(4x4, 3x3)'s weight
+# gradient), against the plain path in float64. Their float32 errors on GoogLeNet's shapes are about 5e-7 and up to 4e-6 of the
 # output's scale; 5e-5 is the stated bound.
 WINOGRAD_TOL = {np.float32: 5e-5, np.float64: 1e-12}
 
@@ -160,10 +160,10 @@ def test_winograd_matches_the_direct_convolution(monkeypatch, m, n, c, o, h, w, 
     for flag, cast in ((True, dtype), (False, np.float64)):
         with kernels(flag):
             xt = Tensor(x.astype(cast), requires_grad=True)
-            y = L.conv2d(xt, Tensor(wt.astype(cast)),
-                         Tensor(b.astype(cast)) if bias else None, 1, 1, relu=relu)
+            w_t = Tensor(wt.astype(cast), requires_grad=True)
+            y = L.conv2d(xt, w_t, Tensor(b.astype(cast)) if bias else None, 1, 1, relu=relu)
             y.backward(gy.astype(cast))
-            results.append((y.data, xt.grad))
+            results.append((y.data, xt.grad, w_t.grad))
     for ours, theirs in zip(*results):
         scale = max(float(np.abs(theirs).max()), 1.0)
         assert ours.dtype == dtype
@@ -175,10 +175,12 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     from kernels.cpu import winograd
     size = K.winograd_size
     assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1) == 4                 # conv2
-    assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1, gradient=True) == 4
+    assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1, "input") == 4
+    assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1, "weights") == 4
     assert size((8, 16, 28, 28), (32, 16, 3, 3), 1, 1) == 4                  # few channels
     assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == 2               # 14x14
-    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, gradient=True) == 0
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 0
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "weights") == 0
     assert size((8, 32, 14, 14), (64, 32, 3, 3), 1, 1) == 0
     assert size((8, 160, 7, 7), (320, 160, 3, 3), 1, 1) == 0                 # small maps
     assert size((8, 128, 28, 28), (192, 128, 3, 3), 2, 1) == 0               # stride 2
@@ -194,6 +196,7 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
         ours, ref = run_both(lambda *a: L.conv2d(*a, pad=1, relu=True), [x, wt])
         assert 64 in calls                             # the forward took it (x: 64 channels)
         assert (80 in calls) == (m == 4)               # the input gradient (gY: 80)
+        assert_close(ours[2:], ref[2:], np.float32)    # the weight gradient
         assert_close(ours[:2], ref[:2], np.float32)
 
 

@@ -282,12 +282,12 @@ def images_per_chunk(n, p, pointwise) -> int:
     return max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // (2 * parallel.threads()))))
 
 
-def winograd_size(x_shape, w_shape, stride, pad, gradient=False) -> int:
-    """m of the Winograd F(m x m, 3x3) for this layer's forward (``gradient``: input
-    gradient), 0 for im2col + GEMM (``winograd.applies`` and ``winograd.choose``)."""
+def winograd_size(x_shape, w_shape, stride, pad, phase="forward") -> int:
+    """m of the Winograd F(m x m, 3x3) for this layer's ``phase`` ("forward", "input",
+    "weights"), 0 for im2col + GEMM (``winograd.applies`` and ``winograd.choose``)."""
     if not winograd.applies(w_shape, stride, pad):
         return 0
-    return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], gradient)
+    return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], phase)
 
 
 def _stack(slot, count, rows, cols, dtype):
@@ -314,6 +314,21 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
     into(src3, s0, h, w, k, v)
     np.matmul(u, v, out=prod)                # (m+2)^2 GEMMs (O, C) @ (C, g*tiles)
     out_of(prod, bias, has_bias, relu, k, n0, h, w, out3)
+
+
+def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out):
+    """out (36, O, C) = sum over the tiles of images n0 .. n0+g-1 of Z[k] V[k]^T, by
+    F(4x4, 3x3): V the input transform of x3 (N, C, H*W), Z the gradient transform of
+    gy_images (g, O, H*W), the masked output gradient; :func:`winograd.filter_gradient` of
+    the sum over chunks is gW."""
+    c, o = x3.shape[1], gy_images.shape[1]
+    k = winograd.constants(out.dtype)
+    nt = g * winograd.tiles(h, w, 4)
+    v = _stack("wino_v", 36, c, nt, out.dtype)
+    z = _stack("wino_z", 36, o, nt, out.dtype)
+    winograd.input_transform_f4(x3, n0, h, w, k, v)
+    winograd.gradient_transform_f4(gy_images, 0, h, w, k, z)
+    np.matmul(z, v.transpose(0, 2, 1), out=out)        # 36 GEMMs (O, tiles) @ (tiles, C)
 
 
 def conv2d(x, w, b, stride, pad, relu):
@@ -376,11 +391,15 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
     # gx by Winograd: the masked gradient correlated with the filters turned around and
     # transposed, w'[c, o] = w[o, c, ::-1, ::-1], the same "same" 3x3 convolution as forward.
-    wino = winograd_size(x.shape, w.shape, stride, pad, gradient=True) if need_x else 0
+    wino = winograd_size(x.shape, w.shape, stride, pad, "input") if need_x else 0
     if wino:
         u_t = winograd.filter_transform(np.ascontiguousarray(
             w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), wino)
         gx3 = gx.reshape(n, c, p)
+    # gW by Winograd: each run sums the chunks' transformed products (36, O, C) instead.
+    wino_w = need_w and winograd_size(x.shape, w.shape, stride, pad, "weights") == 4
+    gw_shape = (36, o, c) if wino_w else (o, ck)
+    x3 = x.reshape(n, c, h * wd) if wino_w else None
 
     def body(chunks):
         """One run of chunks; returns its (gW, gb) partial sums. The run's first GEMM writes
@@ -392,17 +411,21 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
             prologue(gy3, y3, relu, n0, gyc)        # ReLU mask, (g, O, P) -> (O, g*P)
             if need_b:
                 gb += gyc.sum(axis=1)
+            gy_images = gyc.reshape(o, g, p).transpose(1, 0, 2)         # (g, O, P) view
             if need_w:
-                col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
-                if gw2 is None:
-                    gw2 = np.empty((o, ck), dtype=x.dtype)
-                    np.matmul(gyc, col.T, out=gw2)
+                first = gw2 is None
+                part = (np.empty(gw_shape, dtype=x.dtype) if first
+                        else workspace.get("gw", gw_shape, x.dtype))
+                if wino_w:
+                    _winograd_weights_chunk(x3, n0, gy_images, h, wd, g, part)
                 else:
-                    part = workspace.get("gw", (o, ck), x.dtype)
+                    col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
                     np.matmul(gyc, col.T, out=part)
+                if first:
+                    gw2 = part
+                else:
                     gw2 += part
             if wino:
-                gy_images = gyc.reshape(o, g, p).transpose(1, 0, 2)     # (g, O, P) view
                 _winograd_chunk(gy_images, 0, u_t, u_t[0, :, 0], False, False, h, wd, gx3,
                                 n0, g)
             elif need_x:
@@ -430,6 +453,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         gb = parts[0][1]
         for _, gb_part in parts[1:]:
             gb += gb_part
-    gw = gw.reshape(w.shape) if need_w else None
+    if need_w:
+        gw = winograd.filter_gradient(gw) if wino_w else gw.reshape(w.shape)
     gb = gb.astype(x.dtype) if need_b else None
     return gx, gw, gb

@@ -32,6 +32,16 @@ Two sizes, chosen per layer by ``kernels.cpu.conv`` where each measured faster:
            [0,  2, -1, -2, 1, 0],         [1/24, -1/12, 1/6],
            [0,  4,  0, -5, 0, 1]]         [   0,     0,    1]]
 
+The weight gradient differentiates the same formula with respect to the filter: for every
+m x m tile e of the (masked) output gradient, Z = A e A^T, and
+
+    gW = G^T [sum over tiles and images of Z * (B^T d B)] G
+
+which is again (m+2)^2 GEMMs, (O, T) @ (T, C), summed over the chunks, then one small
+GEMM for G^T . G (:func:`gradient_transform_f4`, :func:`filter_gradient`). The input
+gradient is the forward's computation applied to the output gradient with the filters
+turned around and transposed.
+
 The rounding differs from the direct sum's: the transforms add and subtract many inputs at a
 time (F(4x4, 3x3) with multipliers up to 25 in B^T d B and 64 in A^T M A), so the float32
 error grows by a constant factor, measured on GoogLeNet's shapes at about 5e-7 of the
@@ -52,21 +62,23 @@ def applies(w_shape, stride: int, pad: int) -> bool:
     return tuple(w_shape[2:]) == (3, 3) and stride == 1 and pad == 1
 
 
-def choose(c: int, o: int, h: int, w: int, gradient: bool = False) -> int:
-    """m of the F(m x m, 3x3) to run a 3x3 "same" layer's forward with (``gradient``: its
-    input gradient), or 0 for im2col + GEMM. Measured on GoogLeNet's layers in training
-    steps (``docs/performance_cpu.md``):
+def choose(c: int, o: int, h: int, w: int, phase: str = "forward") -> int:
+    """m of the F(m x m, 3x3) to run a 3x3 "same" layer's ``phase`` with ("forward", "input"
+    gradient or "weights" gradient), or 0 for im2col + GEMM. Measured on GoogLeNet's layers
+    in whole training steps, two threads, paired in one process (``docs/performance_cpu.md``):
 
-    * F(4x4, 3x3) on maps of 16x16 and up (GoogLeNet's 56x56 and 28x28): forward 1.1-1.5x
-      F(2x2, 3x3), input gradient 1.05-1.2x im2col + GEMM;
+    * F(4x4, 3x3) on maps of 16x16 and up (GoogLeNet's 56x56 and 28x28), all three phases.
+      Forward and input gradient this way (instead of F(2x2, 3x3) and im2col + GEMM):
+      1.046x at batch 8, 1.057x at batch 32; the weight gradient too: another 1.046x and
+      1.048x (per chunk, 2.1-2.4x im2col + GEMM's);
     * F(2x2, 3x3) for the forward on 14x14 and 15x15 maps with 64 channels or more in and
-      out: 1.1-1.2x; F(4x4, 3x3) there computes 16x16 per map (1.3x the pixels) and was no
-      faster than im2col + GEMM, forward or backward;
+      out (1.1-1.2x im2col + GEMM). F(4x4, 3x3) computes 16x16 pixels per 14x14 map: in
+      its place, forward 0.97x; for the weight gradient, 0.98-1.01x;
     * im2col + GEMM on smaller maps (GoogLeNet's 7x7: each chunk's GEMMs read all of U,
       (m+2)^2 / 9 times the filters, for a few tiles; 0.6-0.7x) and few channels."""
     if min(h, w) >= 16:
         return 4
-    if not gradient and min(h, w) >= 14 and min(c, o) >= 64:
+    if phase == "forward" and min(h, w) >= 14 and min(c, o) >= 64:
         return 2
     return 0
 
@@ -89,6 +101,15 @@ def filter_transform(w, m: int):
     gg = _GG[m]
     u = arrays.matmul(gg.astype(w.dtype), w.reshape(o * c, 9).T)
     return u.reshape(gg.shape[0], o, c)
+
+
+def filter_gradient(m):
+    """gW (O, C, 3, 3) from M ((m+2)^2, O, C), the weight gradient's transformed sum: the
+    adjoint of :func:`filter_transform`, gW[o, c] = G^T M[:, o, c] G, one GEMM
+    M.reshape((m+2)^2, O*C).T @ (G (x) G), rows shared among the threads."""
+    count, o, c = m.shape
+    gg = _GG[4 if count == 36 else 2]
+    return arrays.matmul(m.reshape(count, o * c).T, gg.astype(m.dtype)).reshape(o, c, 3, 3)
 
 
 def tiles(h: int, w: int, m: int) -> int:
@@ -237,6 +258,50 @@ def input_transform_f4(x3, n0, h, w, k, v):
                         va0[t], va1[t], va2[t], va3[t], va4[t], va5[t] = _bt6(
                             sa[j], sa[j + 1], sa[j + 2], sa[j + 3], sa[j + 4], sa[j + 5],
                             c2, c4, c5)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _a4(e0, e1, e2, e3, c2, c4, c8):
+    """A (the transpose of A^T) applied to one column (or row) of a 4x4 tile: six values."""
+    p, q = e0 + c4 * e2, c2 * e1 + c8 * e3
+    return e0, e0 + e1 + e2 + e3, e0 - e1 + e2 - e3, p + q, p - q, e3
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def gradient_transform_f4(g3, n0, h, w, k, u):
+    """F(4x4, 3x3), for the weight gradient: Z (36, O, g*TH*TW) = A e A^T for every 4x4
+    tile e of the output gradient g3[n0 .. n0+g-1] (*, O, H*W) (any strides; zero past the
+    map's edge). Then gW = G^T (sum over tiles of Z * V) G (:func:`filter_gradient`), V the
+    input transform of x: the forward's Y = A^T (U * V) A, differentiated with respect to
+    the filter."""
+    o_ = g3.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = u.shape[2] // nt
+    wp = 4 * tw
+    buf = np.zeros((4 * th, wp), dtype=u.dtype)        # rows/columns past the map stay 0
+    s = np.empty((6, wp), dtype=u.dtype)
+    c2, c4, c8 = k[0], k[1], k[3]
+    for gi in range(g):
+        for oi in range(o_):
+            src = g3[n0 + gi, oi]
+            for yy in range(h):
+                copy(buf[yy], 0, src, yy * w, w)
+            for ty in range(th):
+                r0, r1, r2, r3 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2], buf[4 * ty + 3]
+                for q in range(u64(wp)):
+                    s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q] = _a4(
+                        r0[q], r1[q], r2[q], r3[q], c2, c4, c8)
+                t0 = u64(gi * nt + ty * tw)
+                for a in range(6):
+                    sa = s[a]
+                    ua0, ua1, ua2 = u[6 * a, oi], u[6 * a + 1, oi], u[6 * a + 2, oi]
+                    ua3, ua4, ua5 = u[6 * a + 3, oi], u[6 * a + 4, oi], u[6 * a + 5, oi]
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        t = t0 + tx
+                        ua0[t], ua1[t], ua2[t], ua3[t], ua4[t], ua5[t] = _a4(
+                            sa[j], sa[j + 1], sa[j + 2], sa[j + 3], c2, c4, c8)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
