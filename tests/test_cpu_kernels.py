@@ -179,7 +179,8 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1, "weights") == 4
     assert size((8, 16, 28, 28), (32, 16, 3, 3), 1, 1) == 4                  # few channels
     assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == 2               # 14x14
-    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 0
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input", images=2) == 0
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input", images=6) == 2
     assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "weights") == 0
     assert size((8, 32, 14, 14), (64, 32, 3, 3), 1, 1) == 0
     assert size((8, 160, 7, 7), (320, 160, 3, 3), 1, 1) == 0                 # small maps

@@ -282,12 +282,13 @@ def images_per_chunk(n, p, pointwise) -> int:
     return max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // (2 * parallel.threads()))))
 
 
-def winograd_size(x_shape, w_shape, stride, pad, phase="forward") -> int:
+def winograd_size(x_shape, w_shape, stride, pad, phase="forward", images=1) -> int:
     """m of the Winograd F(m x m, 3x3) for this layer's ``phase`` ("forward", "input",
-    "weights"), 0 for im2col + GEMM (``winograd.applies`` and ``winograd.choose``)."""
+    "weights") on chunks of ``images`` images, 0 for im2col + GEMM (``winograd.applies``
+    and ``winograd.choose``)."""
     if not winograd.applies(w_shape, stride, pad):
         return 0
-    return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], phase)
+    return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], phase, images)
 
 
 def _stack(slot, count, rows, cols, dtype):
@@ -391,13 +392,15 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
     # gx by Winograd: the masked gradient correlated with the filters turned around and
     # transposed, w'[c, o] = w[o, c, ::-1, ::-1], the same "same" 3x3 convolution as forward.
-    wino = winograd_size(x.shape, w.shape, stride, pad, "input") if need_x else 0
+    chunks = parallel.chunks(n, images_per_chunk(n, p, direct))
+    g0 = chunks[0][1]
+    wino = winograd_size(x.shape, w.shape, stride, pad, "input", g0) if need_x else 0
     if wino:
         u_t = winograd.filter_transform(np.ascontiguousarray(
             w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), wino)
         gx3 = gx.reshape(n, c, p)
     # gW by Winograd: each run sums the chunks' transformed products (36, O, C) instead.
-    wino_w = need_w and winograd_size(x.shape, w.shape, stride, pad, "weights") == 4
+    wino_w = need_w and winograd_size(x.shape, w.shape, stride, pad, "weights", g0) == 4
     gw_shape = (36, o, c) if wino_w else (o, ck)
     x3 = x.reshape(n, c, h * wd) if wino_w else None
 
@@ -443,7 +446,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                     col2im(gcol, n0, kh, kw, stride, pad, oh, ow, gx)
         return gw2, gb
 
-    parts = parallel.run(body, parallel.chunks(n, images_per_chunk(n, p, direct)), blas=True)
+    parts = parallel.run(body, chunks, blas=True)
     # The runs' partial sums in run order, whichever thread ran which run.
     gw = gb = None
     if need_w:
