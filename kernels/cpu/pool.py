@@ -7,8 +7,9 @@ rows/columns ceil mode reaches) count as -inf, taps are scanned in order t = i*k
 first maximum wins (strict ``>``), so ``winner`` (uint8, t < 256) is identical to the NumPy
 path's.
 
-Max pooling's forward copies each plane into a -inf padded buffer laid out so that every tap
-(stride 1) or every row and column pass (stride 2) is one long loop, which vectorises.
+Max pooling's forward copies each plane into a -inf padded buffer laid out so that each row
+and column pass is one long loop, which vectorises: 2 (k - 1) passes for a k x k window
+instead of k^2 - 1 tap by tap (3x3, stride 1: 1.0-1.25x the tap-by-tap version it replaced).
 Backward: ``gx[window start + (t // k, t % k)] += gy`` for every output, plane by plane, in
 raster order of the outputs. Callers split the batch over threads by whole images
 (``parallel``), so overlapping windows (3x3/2, 3x3/1) need no atomics and the sum order is
@@ -41,45 +42,6 @@ def _offer_max(best, b0, src, s0, stride, n):
         best[b0 + t] = v if v > best[b0 + t] else best[b0 + t]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _max_pool_stride1(x, k, pad, y, winner, track):
-    """Stride 1 (the Inception modules' 3x3/1 pools): each plane is copied into a -inf padded
-    buffer of width wp, where output (yy, xx) at flat position q = yy*wp + xx reads
-    q + i*wp + j for tap (i, j). Every tap is then one long contiguous loop over the whole
-    plane (the wp - ow columns past each row's end are computed and dropped), tap 0 giving
-    the initial values exactly as the tap scan does."""
-    n, c, h, w = x.shape
-    oh, ow = y.shape[2], y.shape[3]
-    hp, wp = oh + k - 1, ow + k - 1
-    xpad = np.empty(hp * wp, dtype=x.dtype)
-    m = (oh - 1) * wp + ow
-    best = np.empty(m, dtype=x.dtype)
-    arg = np.empty(m, dtype=np.uint8)
-    for t in range(u64(hp * wp)):
-        xpad[t] = -np.inf
-    for ni in range(n):
-        for ci in range(c):
-            plane, y_plane, w_plane = x[ni, ci], y[ni, ci], winner[ni, ci]
-            for hh in range(h):
-                copy(xpad, (hh + pad) * wp + pad, plane[hh], 0, w)
-            copy(best, 0, xpad, 0, m)
-            if not track:
-                for tap in range(1, k * k):
-                    _offer_max(best, u64(0), xpad, u64((tap // k) * wp + tap % k), u64(1),
-                               u64(m))
-                for yy in range(oh):
-                    copy(y_plane[yy], 0, best, yy * wp, ow)
-                continue
-            for t in range(u64(m)):
-                arg[t] = 0
-            for tap in range(1, k * k):
-                _offer(best, arg, u64(0), xpad, u64((tap // k) * wp + tap % k), u64(1),
-                       u64(m), np.uint8(tap))
-            for yy in range(oh):
-                copy(y_plane[yy], 0, best, yy * wp, ow)
-                copy(w_plane[yy], 0, arg, yy * wp, ow)
-
-
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _row_pass(xpad, k, stride, hb, harg):
     """hb[q] = max_j xpad[stride*q + j] (first maximum), harg[q] = its j."""
@@ -92,7 +54,7 @@ def _row_pass(xpad, k, stride, hb, harg):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _max_pool_separable(x, k, s, pad, y, winner, track):
-    """Any stride (GoogLeNet's 3x3/2 pools), in two passes over a -inf padded plane:
+    """Any stride (GoogLeNet's 3x3/2 and 3x3/1 pools), in two passes over a -inf padded plane:
 
     * along rows: hb[r, xx] = max_j xpad[r, s*xx + j] and its j. With the padded width
       ``wp = s * wq``, position (r, xx) of hb is q = r*wq + xx and reads xpad[s*q + j]: one
@@ -121,7 +83,9 @@ def _max_pool_separable(x, k, s, pad, y, winner, track):
             plane, y_plane, w_plane = x[ni, ci], y[ni, ci], winner[ni, ci]
             for hh in range(h):
                 copy(xpad, (hh + pad) * wp + pad, plane[hh], 0, w)
-            if s == 2:      # a constant stride: LLVM loads pairs and shuffles
+            if s == 1:      # a constant stride: LLVM vectorises plain loads
+                _row_pass(xpad, k, u64(1), hb, harg)
+            elif s == 2:    # ... or loads pairs and shuffles
                 _row_pass(xpad, k, u64(2), hb, harg)
             else:
                 _row_pass(xpad, k, u64(s), hb, harg)
@@ -154,10 +118,7 @@ def _max_pool_separable(x, k, s, pad, y, winner, track):
 def max_pool_forward(x, k, s, pad, y, winner, track=True):
     """x (N, C, H, W) -> y (N, C, OH, OW) and winner (N, C, OH, OW) uint8 (left unwritten
     when ``track`` is False)."""
-    if s == 1:
-        _max_pool_stride1(x, k, pad, y, winner, track)
-    else:
-        _max_pool_separable(x, k, s, pad, y, winner, track)
+    _max_pool_separable(x, k, s, pad, y, winner, track)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
