@@ -179,8 +179,7 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1, "weights") == 4
     assert size((8, 16, 28, 28), (32, 16, 3, 3), 1, 1) == 4                  # few channels
     assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == 2               # 14x14
-    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input", images=2) == 0
-    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input", images=6) == 2
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 0
     assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "weights") == 0
     assert size((8, 32, 14, 14), (64, 32, 3, 3), 1, 1) == 0
     assert size((8, 160, 7, 7), (320, 160, 3, 3), 1, 1) == 0                 # small maps
@@ -199,6 +198,21 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
         assert (80 in calls) == (m == 4)               # the input gradient (gY: 80)
         assert_close(ours[2:], ref[2:], np.float32)    # the weight gradient
         assert_close(ours[:2], ref[:2], np.float32)
+
+
+def test_chunks_fill_whole_rounds_of_runs(monkeypatch):
+    """Every run of chunks gets as many images where n allows it: 32 images of 14x14 in 8
+    chunks of 4 (not 6, 6, 6, 6, 6, 2, dealt as runs of 6 and 12 images)."""
+    from kernels.cpu import conv as K
+    from kernels.cpu import parallel
+    monkeypatch.setattr(parallel, "THREADS", 2)
+    for n, p, g in ((32, 196, 4), (64, 196, 4), (8, 784, 2), (32, 49, 8), (32, 3136, 1),
+                    (30, 784, 2), (5, 49, 2)):
+        assert K.images_per_chunk(n, p, False) == g
+    for n in (8, 16, 32, 64, 96):
+        for p in (3136, 784, 196, 49, 16):
+            g = K.images_per_chunk(n, p, False)
+            assert g * p <= max(K.COLUMNS_PER_GEMM, p) * 2 and -(-n // g) % 4 == 0
 
 
 def test_im2col_and_col2im_kernels_match_numpy():

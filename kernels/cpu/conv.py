@@ -282,22 +282,28 @@ def columns(x, n0, g, kh, kw, stride, pad, oh, ow):
 
 def images_per_chunk(n, p, pointwise) -> int:
     """Images per GEMM: enough for COLUMNS_PER_GEMM columns, while leaving at least two
-    chunks per thread to share out. A 1x1 convolution takes one image at a time down to 7x7
-    maps: its GEMM then reads x[n] in place, and gathering several images would cost more
-    than the slightly larger GEMM gains (single-threaded OpenBLAS runs these shapes within
-    10% of its peak)."""
+    chunks per thread to share out, and as many chunks in every run (``parallel.run``
+    deals 2 runs per thread): 32 images at 14x14 make 8 chunks of 4, not 6 of 6 and a last
+    of 2, which left runs of 6 and 12 images and one thread waiting a third of the layer.
+    A 1x1 convolution takes one image at a time down to 7x7 maps: its GEMM then reads x[n]
+    in place, and gathering several images would cost more than the slightly larger GEMM
+    gains (single-threaded OpenBLAS runs these shapes within 10% of its peak)."""
     if pointwise and p >= 49:
         return 1
-    return max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // (2 * parallel.threads()))))
+    runs = 2 * parallel.threads()
+    g = max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // runs)))
+    for fewer in range(g, 0, -1):                # the largest that gives whole rounds
+        if (-(-n // fewer)) % runs == 0:
+            return fewer
+    return g
 
 
-def winograd_size(x_shape, w_shape, stride, pad, phase="forward", images=1) -> int:
+def winograd_size(x_shape, w_shape, stride, pad, phase="forward") -> int:
     """m of the Winograd F(m x m, 3x3) for this layer's ``phase`` ("forward", "input",
-    "weights") on chunks of ``images`` images, 0 for im2col + GEMM (``winograd.applies``
-    and ``winograd.choose``)."""
+    "weights"), 0 for im2col + GEMM (``winograd.applies`` and ``winograd.choose``)."""
     if not winograd.applies(w_shape, stride, pad):
         return 0
-    return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], phase, images)
+    return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], phase)
 
 
 def _stack(slot, count, rows, cols, dtype):
@@ -401,15 +407,13 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
     # gx by Winograd: the masked gradient correlated with the filters turned around and
     # transposed, w'[c, o] = w[o, c, ::-1, ::-1], the same "same" 3x3 convolution as forward.
-    chunks = parallel.chunks(n, images_per_chunk(n, p, direct))
-    g0 = chunks[0][1]
-    wino = winograd_size(x.shape, w.shape, stride, pad, "input", g0) if need_x else 0
+    wino = winograd_size(x.shape, w.shape, stride, pad, "input") if need_x else 0
     if wino:
         u_t = winograd.filter_transform(np.ascontiguousarray(
             w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), wino)
         gx3 = gx.reshape(n, c, p)
     # gW by Winograd: each run sums the chunks' transformed products (36, O, C) instead.
-    wino_w = need_w and winograd_size(x.shape, w.shape, stride, pad, "weights", g0) == 4
+    wino_w = need_w and winograd_size(x.shape, w.shape, stride, pad, "weights") == 4
     gw_shape = (36, o, c) if wino_w else (o, ck)
     x3 = x.reshape(n, c, h * wd) if wino_w else None
 
@@ -455,7 +459,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                     col2im(gcol, n0, kh, kw, stride, pad, oh, ow, gx)
         return gw2, gb
 
-    parts = parallel.run(body, chunks, blas=True)
+    parts = parallel.run(body, parallel.chunks(n, images_per_chunk(n, p, direct)), blas=True)
     # The runs' partial sums in run order, whichever thread ran which run.
     gw = gb = None
     if need_w:

@@ -62,30 +62,26 @@ def applies(w_shape, stride: int, pad: int) -> bool:
     return tuple(w_shape[2:]) == (3, 3) and stride == 1 and pad == 1
 
 
-def choose(c: int, o: int, h: int, w: int, phase: str = "forward", images: int = 1) -> int:
+def choose(c: int, o: int, h: int, w: int, phase: str = "forward") -> int:
     """m of the F(m x m, 3x3) to run a 3x3 "same" layer's ``phase`` with ("forward", "input"
-    gradient or "weights" gradient) on chunks of ``images`` images, or 0 for im2col + GEMM.
-    Measured on GoogLeNet's layers in whole training steps, two threads, paired in one
-    process (``docs/performance_cpu.md``):
+    gradient or "weights" gradient), or 0 for im2col + GEMM. Measured on GoogLeNet's layers
+    in whole training steps, two threads, paired in one process (``docs/performance_cpu.md``):
 
     * F(4x4, 3x3) on maps of 16x16 and up (GoogLeNet's 56x56 and 28x28), all three phases.
       Forward and input gradient this way (instead of F(2x2, 3x3) and im2col + GEMM):
       1.046x at batch 8, 1.057x at batch 32; the weight gradient too: another 1.046x and
       1.048x (per chunk, 2.1-2.4x im2col + GEMM's);
-    * F(2x2, 3x3) on 14x14 and 15x15 maps with 64 channels or more in and out: the forward
-      (1.1-1.2x im2col + GEMM), and the input gradient when a chunk has 256 tiles or more
-      (batch 32: 6 images, 294 tiles, 1.002-1.025x the step in three runs; batch 8:
-      2 images, 98 tiles, 0.98x: every chunk's GEMMs read all of U, 16 / 9 times the
-      filters). F(4x4, 3x3)
-      computes 16x16 pixels per 14x14 map: in F(2x2, 3x3)'s place, forward 0.97x; for
-      the weight gradient, 0.98-1.01x;
+    * F(2x2, 3x3) for the forward on 14x14 and 15x15 maps with 64 channels or more in and
+      out (1.1-1.2x im2col + GEMM). F(4x4, 3x3) computes 16x16 pixels per 14x14 map: in
+      its place, forward 0.97x; for the weight gradient 0.98-1.01x. Neither size helped the
+      14x14 input gradient (F(2x2, 3x3): 0.98x at batch 8, 1.001x at batch 32): every
+      chunk's GEMMs read all of U, (m+2)^2 / 9 times the filters, for 98 to 196 tiles;
     * im2col + GEMM on smaller maps (GoogLeNet's 7x7: few tiles per chunk for all of U;
       0.6-0.7x) and few channels."""
     if min(h, w) >= 16:
         return 4
-    if min(h, w) >= 14 and min(c, o) >= 64:
-        if phase == "forward" or (phase == "input" and images * tiles(h, w, 2) >= 256):
-            return 2
+    if phase == "forward" and min(h, w) >= 14 and min(c, o) >= 64:
+        return 2
     return 0
 
 
