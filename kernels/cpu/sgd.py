@@ -1,5 +1,5 @@
 """The updates of ``engine.optim.SGD``, ``engine.optim.Adam`` and ``engine.optim.PolyakAverage``
-in one pass per parameter, parameters shared among the threads.
+in one pass per parameter, the parameters' elements shared equally among the threads.
 
 Per element, with ``d = g + wd * w`` (weight decay folded into the gradient)::
 
@@ -42,15 +42,38 @@ def sgd_update(w, g, v, lr, wd, momentum, nesterov, first):
         w[i] -= lr * (d + momentum * vi if nesterov else vi)
 
 
+def _over_slices(items, fn) -> None:
+    """``fn(item, lo, hi)`` over slices [lo, hi) of the items' flat arrays (``item[0]`` the
+    parameter), cut into one run per share of the pool with equal numbers of elements: runs
+    of whole items were up to 4x apart (the classifiers' weights against a convolution's)."""
+    sizes = [item[0].size for item in items]
+    total = sum(sizes)
+    shares = min(2 * parallel.threads(), max(1, total))
+    cuts = [total * k // shares for k in range(shares + 1)]
+    runs, start = [[] for _ in range(shares)], 0
+    for item, size in zip(items, sizes):
+        for k in range(shares):              # the shares this item's [start, start+size) meets
+            lo, hi = max(start, cuts[k]), min(start + size, cuts[k + 1])
+            if lo < hi:
+                runs[k].append((item, lo - start, hi - start))
+        start += size
+
+    def body(share):
+        for run in share:
+            for item, lo, hi in run:
+                fn(item, lo, hi)
+    parallel.run(body, runs)
+
+
 def update(items, momentum: float, nesterov: bool) -> None:
     """Apply :func:`sgd_update` to every ``(w, g, v, lr, wd, first)`` of ``items`` (contiguous
-    NumPy arrays of one float dtype per item, updated in place), runs of items per thread."""
-    def body(run):
-        for w, g, v, lr, wd, first in run:
-            t = w.dtype.type
-            sgd_update(w.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(wd), t(momentum),
-                       nesterov, first)
-    parallel.run(body, items)
+    NumPy arrays of one float dtype per item, updated in place), in equal shares per thread."""
+    def fn(item, lo, hi):
+        w, g, v, lr, wd, first = item
+        t = w.dtype.type
+        sgd_update(w.reshape(-1)[lo:hi], g.reshape(-1)[lo:hi], v.reshape(-1)[lo:hi], t(lr),
+                   t(wd), t(momentum), nesterov, first)
+    _over_slices(items, fn)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -70,12 +93,13 @@ def adam_update_one(w, g, m, v, lr, wd, beta1, beta2, eps, c1, c2):
 def adam_update(items, beta1: float, beta2: float, eps: float, c1: float, c2: float) -> None:
     """Apply :func:`adam_update_one` to every ``(w, g, m, v, lr, wd)`` of ``items``
     (contiguous NumPy arrays of one float dtype per item, updated in place)."""
-    def body(run):
-        for w, g, m, v, lr, wd in run:
-            t = w.dtype.type
-            adam_update_one(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr),
-                            t(wd), t(beta1), t(beta2), t(eps), t(c1), t(c2))
-    parallel.run(body, items)
+    def fn(item, lo, hi):
+        w, g, m, v, lr, wd = item
+        t = w.dtype.type
+        adam_update_one(w.reshape(-1)[lo:hi], g.reshape(-1)[lo:hi], m.reshape(-1)[lo:hi],
+                        v.reshape(-1)[lo:hi], t(lr), t(wd), t(beta1), t(beta2), t(eps), t(c1),
+                        t(c2))
+    _over_slices(items, fn)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -88,10 +112,10 @@ def average_one(avg, w, d):
 
 def average(items, decay: float) -> None:
     """Apply :func:`average_one` to every ``(avg, w)`` of ``items``."""
-    def body(run):
-        for avg, w in run:
-            average_one(avg.reshape(-1), w.reshape(-1), avg.dtype.type(decay))
-    parallel.run(body, items)
+    def fn(item, lo, hi):
+        avg, w = item
+        average_one(avg.reshape(-1)[lo:hi], w.reshape(-1)[lo:hi], avg.dtype.type(decay))
+    _over_slices(items, fn)
 
 
 def fusable(w, g) -> bool:
