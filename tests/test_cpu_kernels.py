@@ -739,3 +739,15 @@ def test_freed_large_arrays_stay_in_the_process_unless_switched_off(keep):
         assert released_mib < 20          # the 200 MiB stay for the next allocation
     else:
         assert released_mib > 150         # unmapped on free: malloc's default
+
+
+def test_the_cpu_lab_checks_and_times_every_kernel(capsys):
+    """``python -m kernels.cpu.lab`` asserts each version against the plain NumPy path
+    before timing it; one image, one timed call."""
+    from kernels.cpu import lab
+    assert lab.main(["--batch", "1", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("conv1", "pool1", "norm2", "5b.3x3"):
+        assert row in out
+    with pytest.raises(SystemExit):
+        lab.main(["--only", "nothing"])

@@ -3,6 +3,7 @@ against the plain NumPy path, then timed on GoogLeNet's shapes.
 
     python -m kernels.cpu.lab                  # batch 8, every kernel, one thread
     python -m kernels.cpu.lab --batch 32 --only pool,lrn
+    python -m kernels.cpu.lab --only winograd  # the 3x3 layers: direct, F(2x2), F(4x4)
 
 Version 1 of each kernel is the direct transcription: per-element signed indexing
 (``col[r, base + q] = x[n, c, hh, ww] if inside else 0``), one window scanned tap by tap per
@@ -41,7 +42,7 @@ from layers.im2col import col2im as np_col2im
 from layers.im2col import conv_out_size
 from layers.im2col import im2col as np_im2col
 
-from . import conv, lrn, pool
+from . import conv, lrn, parallel, pool, winograd
 
 
 # ---------------------------------------------------------------- version 1 of each
@@ -150,12 +151,13 @@ def lab_im2col(n, repeat):
         x = rng.standard_normal((n, c, h, h)).astype(np.float32)
         oh = conv_out_size(h, k, s, p)
         cols = [np.empty((c * k * k, oh * oh), np.float32) for _ in range(2)]
+        i = min(1, n - 1)                        # an image past the first where there is one
         for fn, col in zip((im2col_v1, conv.im2col), cols):
-            fn(x, 1, k, k, s, p, oh, oh, col)
-            assert np.array_equal(col, np_im2col(x[1:2], k, k, s, p)), name
+            fn(x, i, k, k, s, p, oh, oh, col)
+            assert np.array_equal(col, np_im2col(x[i:i + 1], k, k, s, p)), name
         gx = np.empty_like(x)
-        conv.col2im(cols[1], 1, k, k, s, p, oh, oh, gx)
-        assert np.allclose(gx[1], np_col2im(cols[1], (1, c, h, h), k, k, s, p)[0], atol=1e-5)
+        conv.col2im(cols[1], i, k, k, s, p, oh, oh, gx)
+        assert np.allclose(gx[i], np_col2im(cols[1], (1, c, h, h), k, k, s, p)[0], atol=1e-5)
         times = [_time(lambda f=fn, col=col: [f(x, i, k, k, s, p, oh, oh, col) for i in range(n)],
                        repeat) for fn, col in zip((im2col_v1, conv.im2col), cols)]
         total = [a + b for a, b in zip(total, times)]
@@ -215,7 +217,93 @@ def lab_lrn(n, repeat):
         print(_row(name, times) + f"{back * 1e3:>12.2f}")
 
 
-LABS = {"im2col": lab_im2col, "pool": lab_pool, "lrn": lab_lrn}
+WINOGRAD = [  # (name, C, O, H): GoogLeNet's 3x3 convolutions, stride 1, "same"
+    ("conv2", 64, 192, 56), ("3a.3x3", 96, 128, 28), ("3b.3x3", 128, 192, 28),
+    ("4e.3x3", 160, 320, 14), ("5b.3x3", 192, 384, 7),
+]
+
+
+def lab_winograd(n, repeat):
+    """The 3x3 layers three ways, one image per call: im2col + GEMM (+ col2im), F(2x2, 3x3)
+    and F(4x4, 3x3), for the forward, the input gradient and the weight gradient (F(2x2,
+    3x3) has none), each checked against the plain float64 convolution first. BLAS on one
+    thread, like a pool thread's. A training step chooses differently on the small maps
+    (``winograd.choose``): there the chunks hold several images, both threads share the
+    memory bandwidth, and each chunk's GEMMs read all of U."""
+    from layers import conv2d
+    from engine.tensor import Tensor
+    parallel.claim_cores()
+    rng = np.random.default_rng(3)
+    print(f"3x3 conv, ms for the batch:  forward{'direct':>9}{'F2':>7}{'F4':>7}"
+          f"  | input grad{'direct':>7}{'F2':>7}{'F4':>7}  | weight grad{'direct':>7}{'F4':>7}")
+    for name, c, o, h in WINOGRAD:
+        x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+        w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+        gy = rng.standard_normal((n, o, h, h)).astype(np.float32)
+        with dispatch.use("plain"):
+            xt, wt = Tensor(x.astype(np.float64), requires_grad=True), Tensor(
+                w.astype(np.float64), requires_grad=True)
+            yt = conv2d(xt, wt, None, 1, 1)
+            yt.backward(gy.astype(np.float64))
+        refs = (yt.data, xt.grad, wt.grad)
+        p, x3, gy3 = h * h, x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
+        w2 = np.ascontiguousarray(w.reshape(o, c * 9))
+        flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        u = {m: winograd.filter_transform(w, m) for m in (2, 4)}
+        u_t = {m: winograd.filter_transform(flipped, m) for m in (2, 4)}
+        zeros = np.zeros(max(c, o), np.float32)
+        y, gx = np.empty((n, o, p), np.float32), np.empty((n, c, p), np.float32)
+        gcol, gw9 = np.empty((c * 9, p), np.float32), np.empty((o, c * 9), np.float32)
+        part = np.empty((36, o, c), np.float32)
+
+        def fwd_direct():
+            for i in range(n):
+                np.matmul(w2, conv.columns(x, i, 1, 3, 3, 1, 1, h, h), out=y[i])
+
+        def fwd(m):
+            for i in range(n):
+                conv._winograd_chunk(x3, i, u[m], zeros, False, False, h, h, y, i, 1)
+
+        def gx_direct():
+            for i in range(n):
+                np.matmul(w2.T, gy3[i], out=gcol)
+                conv.col2im(gcol, 0, 3, 3, 1, 1, h, h, gx[i:i + 1].reshape(1, c, h, h))
+
+        def gx_wino(m):
+            for i in range(n):
+                conv._winograd_chunk(gy3, i, u_t[m], zeros, False, False, h, h, gx, i, 1)
+
+        def gw_direct():
+            total = np.zeros((o, c * 9), np.float32)
+            for i in range(n):
+                np.matmul(gy3[i], conv.columns(x, i, 1, 3, 3, 1, 1, h, h).T, out=gw9)
+                total += gw9
+            return total.reshape(o, c, 3, 3)
+
+        def gw_f4():
+            total = np.zeros((36, o, c), np.float32)
+            for i in range(n):
+                conv._winograd_weights_chunk(x3, i, gy3[i:i + 1], h, h, 1, part)
+                total += part
+            return winograd.filter_gradient(total)
+
+        forward = [fwd_direct, lambda: fwd(2), lambda: fwd(4)]
+        backward = [gx_direct, lambda: gx_wino(2), lambda: gx_wino(4)]
+        for fns, out, ref in ((forward, y, refs[0]), (backward, gx, refs[1])):
+            for fn in fns:
+                fn()
+                scale = max(float(np.abs(ref).max()), 1.0)
+                assert np.abs(out.reshape(ref.shape) - ref).max() <= 5e-5 * scale, name
+        for fn in (gw_direct, gw_f4):
+            assert np.abs(fn() - refs[2]).max() <= 5e-5 * max(float(np.abs(refs[2]).max()), 1)
+        times = [[_time(fn, repeat) * 1e3 for fn in fns]
+                 for fns in (forward, backward, (gw_direct, gw_f4))]
+        print(f"{name:<29}" + "".join(f"{t:>7.2f}" for t in times[0]) + " " * 14
+              + "".join(f"{t:>7.2f}" for t in times[1]) + " " * 15
+              + "".join(f"{t:>7.2f}" for t in times[2]))
+
+
+LABS = {"im2col": lab_im2col, "pool": lab_pool, "lrn": lab_lrn, "winograd": lab_winograd}
 
 
 def main(argv=None) -> int:
@@ -224,6 +312,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="timed calls per median (default 5)")
     ap.add_argument("--only", default=",".join(LABS), help=f"subset of {','.join(LABS)}")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.only.split(",")) - set(LABS))
+    if unknown or args.batch < 1 or args.repeat < 1:
+        ap.error(f"--only takes {','.join(LABS)}; --batch and --repeat at least 1"
+                 + (f" (unknown: {','.join(unknown)})" if unknown else ""))
     for name in args.only.split(","):
         LABS[name](args.batch, args.repeat)
         print()
