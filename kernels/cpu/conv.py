@@ -321,7 +321,7 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
     the calling thread; src3 (*, C, H*W) may be a strided view; u ((m+2)^2, O, C) is the
     transformed filter (``winograd.filter_transform``), which says m."""
     count, o, c = u.shape
-    m = 2 if count == 16 else 4
+    m = winograd.tile_size(u)
     into, out_of = winograd.TRANSFORMS[m]
     k = winograd.constants(u.dtype)
     nt = g * winograd.tiles(h, w, m)
@@ -427,7 +427,8 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
             prologue(gy3, y3, relu, n0, gyc)        # ReLU mask, (g, O, P) -> (O, g*P)
             if need_b:
                 gb += gyc.sum(axis=1)
-            gy_images = gyc.reshape(o, g, p).transpose(1, 0, 2)         # (g, O, P) view
+            if wino or wino_w:
+                gy_images = gyc.reshape(o, g, p).transpose(1, 0, 2)     # (g, O, P) view
             if need_w:
                 first = gw2 is None
                 part = (np.empty(gw_shape, dtype=x.dtype) if first

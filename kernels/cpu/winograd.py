@@ -110,8 +110,13 @@ def filter_gradient(m):
     adjoint of :func:`filter_transform`, gW[o, c] = G^T M[:, o, c] G, one GEMM
     M.reshape((m+2)^2, O*C).T @ (G (x) G), rows shared among the threads."""
     count, o, c = m.shape
-    gg = _GG[4 if count == 36 else 2]
+    gg = _GG[tile_size(m)]
     return arrays.matmul(m.reshape(count, o * c).T, gg.astype(m.dtype)).reshape(o, c, 3, 3)
+
+
+def tile_size(u) -> int:
+    """m of F(m x m, 3x3) from an array of its (m+2)^2 transformed matrices (U, M, ...)."""
+    return {16: 2, 36: 4}[u.shape[0]]
 
 
 def tiles(h: int, w: int, m: int) -> int:
