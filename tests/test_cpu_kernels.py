@@ -111,6 +111,34 @@ def test_conv_kernels_on_googlenet_like_shapes(shape, k, s, p):
         assert_close(ours, ref, dtype)
 
 
+@pytest.mark.parametrize("band", [8, 40])
+def test_conv_in_bands_of_output_rows_matches_numpy(monkeypatch, band):
+    """Large maps run band by band (conv1: forward, and gW, gb without an input gradient);
+    here bands of ``band`` columns on small maps, two threads, against the plain path."""
+    import kernels.cpu.conv as K
+    monkeypatch.setattr(K, "BAND_COLUMNS", band)
+    monkeypatch.setattr(parallel, "THREADS", max(2, parallel.threads()))
+    banded = []
+    real = K.im2col_rows
+    monkeypatch.setattr(K, "im2col_rows", lambda *a: banded.append(a[3:6]) or real(*a))
+    rng = np.random.default_rng(7)
+    for shape, k, s, p in [((5, 3, 23, 23), 7, 2, 3), ((3, 4, 11, 9), 5, 1, 2)]:
+        for dtype in (np.float32, np.float64):
+            x = rng.standard_normal(shape).astype(dtype)
+            wt = (rng.standard_normal((6, shape[1], k, k)) * 0.3).astype(dtype)
+            b = rng.standard_normal(6).astype(dtype)
+            results = []
+            for flag in (True, False):
+                with kernels(flag):
+                    ts = [Tensor(x), Tensor(wt, requires_grad=True), Tensor(b, requires_grad=True)]
+                    y = L.conv2d(*ts, stride=s, pad=p, relu=True)
+                    y.backward(np.random.default_rng(1).standard_normal(y.shape).astype(dtype))
+                    results.append([y.data, ts[1].grad, ts[2].grad])
+            assert_close(*results, dtype)
+            assert ts[0].grad is None
+    assert banded and all(0 < (y1 - y0) * ow <= max(ow, band) for ow, y0, y1 in banded)
+
+
 def test_conv_non_contiguous_input_and_no_input_gradient():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 4, 9, 10)).transpose(0, 1, 3, 2)      # strided view
@@ -136,24 +164,27 @@ def test_conv_impl_plain_forces_the_numpy_path(monkeypatch):
         L.conv2d(x, np.ones((3, 2, 3, 3)), pad=1)
 
 
-# Winograd F(2x2, 3x3) and F(4x4, 3x3), forward and input gradient (and F(4x4, 3x3)'s weight
-# gradient), against the plain path in float64. Their float32 errors on GoogLeNet's shapes are about 5e-7 and up to 4e-6 of the
-# output's scale; 5e-5 is the stated bound.
+# Winograd F(2x2, 3x3), F(4x4, 3x3) and F(4x4, 5x5), forward and input gradient (and
+# F(4x4, 3x3)'s weight gradient), against the plain path in float64. Their float32 errors on
+# GoogLeNet's shapes are about 5e-7, up to 4e-6 and up to 6e-6 of the output's scale; 5e-5
+# is the stated bound.
 WINOGRAD_TOL = {np.float32: 5e-5, np.float64: 1e-12}
 
 
 @FEW
-@given(st.sampled_from([2, 4]), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9),
-       st.integers(1, 13), st.integers(1, 13), st.booleans(), st.booleans(),
+@given(st.sampled_from([(2, 3), (4, 3), (4, 5)]), st.integers(1, 3), st.integers(1, 9),
+       st.integers(1, 9), st.integers(1, 13), st.integers(1, 13), st.booleans(), st.booleans(),
        st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
-def test_winograd_matches_the_direct_convolution(monkeypatch, m, n, c, o, h, w, relu, bias,
+def test_winograd_matches_the_direct_convolution(monkeypatch, mr, n, c, o, h, w, relu, bias,
                                                   dtype, seed):
-    """Every map size from 1x1 (tiles mostly outside the map) to 13x13, odd and even."""
+    """F(m x m, r x r) on every map size from 1x1 (tiles mostly outside the map) to 13x13,
+    odd and even (5x5: forward and input gradient; its weight gradient stays direct)."""
     from kernels.cpu import winograd
+    m, r = mr
     monkeypatch.setattr(winograd, "choose", lambda *a: m)     # on every shape drawn
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    wt = rng.standard_normal((o, c, 3, 3)).astype(dtype)
+    wt = (rng.standard_normal((o, c, r, r)) * 3 / r).astype(dtype)
     b = rng.standard_normal(o).astype(dtype)
     gy = rng.standard_normal((n, o, h, w)).astype(dtype)
     results = []
@@ -161,7 +192,8 @@ def test_winograd_matches_the_direct_convolution(monkeypatch, m, n, c, o, h, w, 
         with kernels(flag):
             xt = Tensor(x.astype(cast), requires_grad=True)
             w_t = Tensor(wt.astype(cast), requires_grad=True)
-            y = L.conv2d(xt, w_t, Tensor(b.astype(cast)) if bias else None, 1, 1, relu=relu)
+            y = L.conv2d(xt, w_t, Tensor(b.astype(cast)) if bias else None, 1, r // 2,
+                         relu=relu)
             y.backward(gy.astype(cast))
             results.append((y.data, xt.grad, w_t.grad))
     for ours, theirs in zip(*results):
@@ -184,11 +216,16 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     assert size((8, 32, 14, 14), (64, 32, 3, 3), 1, 1) == 0
     assert size((8, 160, 7, 7), (320, 160, 3, 3), 1, 1) == 0                 # small maps
     assert size((8, 128, 28, 28), (192, 128, 3, 3), 2, 1) == 0               # stride 2
-    assert size((8, 128, 28, 28), (192, 128, 5, 5), 1, 2) == 0               # 5x5
+    assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 2) == 4                  # 5x5, 28x28
+    assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 2, "input") == 4
+    assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 2, "weights") == 0
+    assert size((8, 32, 14, 14), (128, 32, 5, 5), 1, 2) == 0                 # 5x5, 14x14
+    assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 1) == 0                  # not "same"
     for shape, m in (((2, 64, 16, 16), 4), ((2, 64, 14, 14), 2)):
         calls = []
-        real = winograd.TRANSFORMS[m]
-        monkeypatch.setitem(winograd.TRANSFORMS, m,      # records whose input it transforms
+        count = (m + 2) ** 2
+        real = winograd.TRANSFORMS[count]
+        monkeypatch.setitem(winograd.TRANSFORMS, count,  # records whose input it transforms
                             (lambda *a, f=real[0]: calls.append(a[0].shape[1])
                              or f(*a), real[1]))
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -669,44 +706,58 @@ def test_linear_and_concat_cpu_paths_match_the_plain_path(two_threads, dtype):
         np.testing.assert_array_equal(u, v)
 
 
-WINOGRAD_G = {2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
-              4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-                           [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
+def toom_cook_g(m, r, points):
+    """G ((m+r-1), r) of F(m, r) from its finite interpolation points and infinity:
+    G[k, j] = p_k^j / prod_{l != k} (p_k - p_l), the last row (0, ..., 0, 1)."""
+    rows = [[p ** j / np.prod([p - q for q in points if q != p]) for j in range(r)]
+            for p in points]
+    return np.array(rows + [[0] * (r - 1) + [1]], dtype=np.float64)
 
 
-@pytest.mark.parametrize("m", [2, 4])
-def test_winograd_filter_transform_is_g_g_gt(m):
+WINOGRAD_G = {(2, 3): np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+              (4, 3): np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6],
+                                [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                                [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+              (4, 5): toom_cook_g(4, 5, [0, 1, -1, 2, -2, 0.5, -0.5])}
+
+
+@pytest.mark.parametrize("mr", [(2, 3), (4, 3), (4, 5)])
+def test_winograd_filter_transform_is_g_g_gt(mr):
     from kernels.cpu import winograd
-    G = WINOGRAD_G[m]
-    w = np.random.default_rng(7).standard_normal((5, 3, 3, 3))
+    m, r = mr
+    G = WINOGRAD_G[mr]
+    a = m + r - 1
+    w = np.random.default_rng(7).standard_normal((5, 3, r, r))
     flipped = w[:, :, ::-1, ::-1]                     # a non-contiguous view works too
     for filters in (w, flipped):
         u = winograd.filter_transform(filters, m)
-        assert u.shape == ((m + 2) ** 2, 5, 3)
+        assert u.shape == (a * a, 5, 3)
         for o in range(5):
             for c in range(3):
                 ref = G @ filters[o, c] @ G.T
-                np.testing.assert_allclose(u[:, o, c].reshape(m + 2, m + 2), ref,
+                np.testing.assert_allclose(u[:, o, c].reshape(a, a), ref,
                                            rtol=1e-14, atol=1e-14)
 
 
-@pytest.mark.parametrize("m", [2, 4])
-def test_winograd_transforms_compute_the_correlation_of_one_tile(m):
-    """Input transform, elementwise product and output transform of F(m x m, 3x3) on one
+@pytest.mark.parametrize("mr", [(2, 3), (4, 3), (4, 5)])
+def test_winograd_transforms_compute_the_correlation_of_one_tile(mr):
+    """Input transform, elementwise product and output transform of F(m x m, r x r) on one
     tile give the m x m correlation, from the definition."""
     from kernels.cpu import winograd
+    m, r = mr
+    a = m + r - 1
     rng = np.random.default_rng(3)
-    d = rng.standard_normal((1, 1, m, m))             # one tile: its (m+2)^2 is d padded by 1
-    g = rng.standard_normal((1, 1, 3, 3))
-    k = winograd.constants(np.float64)
-    into, out_of = winograd.TRANSFORMS[m]
-    v = np.empty(((m + 2) ** 2, 1, 1))
+    d = rng.standard_normal((1, 1, m, m))        # one tile: its a x a is d padded by r // 2
+    g = rng.standard_normal((1, 1, r, r))
+    k = winograd.constants(np.float64, a * a)
+    into, out_of = winograd.TRANSFORMS[a * a]
+    v = np.empty((a * a, 1, 1))
     into(d.reshape(1, 1, m * m), 0, m, m, k, v)
     prod = winograd.filter_transform(g, m) * v
     y = np.empty((1, 1, m * m))
     out_of(prod, np.zeros(1), False, False, k, 0, m, m, y)
-    padded = np.pad(d[0, 0], 1)
-    ref = [[(padded[i:i + 3, j:j + 3] * g[0, 0]).sum() for j in range(m)] for i in range(m)]
+    padded = np.pad(d[0, 0], r // 2)
+    ref = [[(padded[i:i + r, j:j + r] * g[0, 0]).sum() for j in range(m)] for i in range(m)]
     np.testing.assert_allclose(y.reshape(m, m), ref, rtol=1e-13, atol=1e-13)
 
 

@@ -45,6 +45,13 @@ from .loops import add, add_strided, copy, copy_strided, u64, zero
 # closer to BLAS's peak; smaller chunks keep the columns in cache.
 COLUMNS_PER_GEMM = 1024
 
+# An image with more than twice this many output pixels (conv1's 112x112) runs in bands of
+# whole output rows of about this many columns: the band's columns, the GEMM's result and
+# the masked gradient then stay in the core's L2 cache, where a whole image's (7.4 MB of
+# columns for conv1) go out to memory and back, and OpenBLAS runs (64, 147) @ (147, 1792)
+# at 1.3x the rate of (64, 147) @ (147, 12544).
+BAND_COLUMNS = 2048
+
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _valid_range(size_out, size_in, tap, stride, pad):
@@ -60,6 +67,44 @@ def _valid_range(size_out, size_in, tap, stride, pad):
     return lo, hi
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _phase_planes(plane, s, pad, hp, wq, buf):
+    """buf (s, hp, wq) = the ``s`` phase planes of one zero-padded (H, W) plane: phase r
+    holds the padded plane's columns r, r + s, r + 2 s, ... Only positions inside the image
+    are written, so the padding keeps whatever zeros ``buf`` was made with."""
+    h, w = plane.shape
+    for r in range(max(0, pad), min(hp, h + pad)):
+        src = plane[r - pad]
+        for ph in range(s):
+            # phase columns q whose padded column q*s + ph lies inside the image
+            q0 = max(0, -((ph - pad) // s))
+            q1 = min(wq, (w - 1 + pad - ph) // s + 1)
+            if q1 <= q0:
+                continue
+            if s == 1:
+                copy(buf[0, r], q0, src, q0 - pad, q1 - q0)
+            else:
+                copy_strided(buf[ph, r], q0, src, q0 * s + ph - pad, s, q1 - q0)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _tap_rows(buf, ci, kh, kw, s, ow, y0, y1, col, base):
+    """col[(ci, i, j), base + (yy - y0)*OW + xx] for output rows y0 <= yy < y1, from channel
+    ci's phase planes ``buf``: tap (i, j) of row yy is OW contiguous values of phase j % s,
+    row yy*s + i, from column j // s."""
+    for i in range(kh):
+        for j in range(kw):
+            row = col[(ci * kh + i) * kw + j]
+            ph, off = j % s, j // s
+            for yy in range(y0, y1):
+                copy(row, base + (yy - y0) * ow, buf[ph, yy * s + i], off, ow)
+
+
+def phase_shape(c, kh, kw, stride, oh, ow):
+    """(C, stride, rows, columns) of an image's phase planes (:func:`phase_planes`)."""
+    return c, stride, (oh - 1) * stride + kh, ow + (kw - 1) // stride
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def im2col(x, n0, kh, kw, stride, pad, oh, ow, col):
     """x (N, C, H, W) -> col (C*kh*kw, g*OH*OW) for images n0 .. n0+g-1 (g from col's width).
@@ -70,7 +115,7 @@ def im2col(x, n0, kh, kw, stride, pad, oh, ow, col):
     yy*stride + i, from column j // stride on: every row of ``col`` is filled by contiguous
     copies of OW values, with no padding cases left (1.25-1.6x the row-by-row version that
     zero-filled the edges itself, and for stride 2 read every other value)."""
-    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    c = x.shape[1]
     s = stride
     p = oh * ow
     g = col.shape[1] // p
@@ -79,25 +124,24 @@ def im2col(x, n0, kh, kw, stride, pad, oh, ow, col):
     buf = np.zeros((s, hp, wq), dtype=col.dtype)     # the padding stays zero
     for gi in range(g):
         for ci in range(c):
-            plane = x[n0 + gi, ci]
-            for r in range(max(0, pad), min(hp, h + pad)):
-                src = plane[r - pad]
-                for ph in range(s):
-                    # phase columns q whose padded column q*s + ph lies inside the image
-                    q0 = max(0, -((ph - pad) // s))
-                    q1 = min(wq, (w - 1 + pad - ph) // s + 1)
-                    if q1 <= q0:
-                        continue
-                    if s == 1:
-                        copy(buf[0, r], q0, src, q0 - pad, q1 - q0)
-                    else:
-                        copy_strided(buf[ph, r], q0, src, q0 * s + ph - pad, s, q1 - q0)
-            for i in range(kh):
-                for j in range(kw):
-                    row = col[(ci * kh + i) * kw + j]
-                    ph, off = j % s, j // s
-                    for yy in range(oh):
-                        copy(row, gi * p + yy * ow, buf[ph, yy * s + i], off, ow)
+            _phase_planes(x[n0 + gi, ci], s, pad, hp, wq, buf)
+            _tap_rows(buf, ci, kh, kw, s, ow, 0, oh, col, gi * p)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def phase_planes(x, n, pad, bufs):
+    """bufs (C, s, rows, columns) (:func:`phase_shape`, zero-filled once by the caller) =
+    every channel's phase planes of image n, for :func:`im2col_rows`."""
+    for ci in range(x.shape[1]):
+        _phase_planes(x[n, ci], bufs.shape[1], pad, bufs.shape[2], bufs.shape[3], bufs[ci])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def im2col_rows(bufs, kh, kw, ow, y0, y1, col):
+    """col (C*kh*kw, (y1 - y0)*OW) = one image's column matrix for output rows y0 .. y1-1,
+    read from its phase planes ``bufs`` (:func:`phase_planes`)."""
+    for ci in range(bufs.shape[0]):
+        _tap_rows(bufs[ci], ci, kh, kw, bufs.shape[1], ow, y0, y1, col, 0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -196,45 +240,48 @@ def epilogue(src, bias, has_bias, relu, y3, n0):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def bias_relu(y2, bias, has_bias, relu):
-    """In place on y2 (O, P): y2[o] = y2[o] (+ bias[o]), then max(., 0) when ``relu``.
+def bias_relu(y2, bias, has_bias, relu, c0, c1):
+    """In place on columns c0 .. c1-1 of y2 (O, P): y2[o] = y2[o] (+ bias[o]), then
+    max(., 0) when ``relu``.
 
-    The epilogue of a one-image chunk, whose GEMM wrote straight into y[n0]. Calling
-    :func:`epilogue` with src and y3 the same memory ran 7x slower: LLVM cannot tell that
-    the two rows are the same, and the loop it keeps for possibly overlapping arrays is not
-    vectorised."""
-    o_, p = y2.shape
+    The epilogue of a one-image chunk (or band), whose GEMM wrote straight into y[n0].
+    Calling :func:`epilogue` with src and y3 the same memory ran 7x slower: LLVM cannot tell
+    that the two rows are the same, and the loop it keeps for possibly overlapping arrays is
+    not vectorised."""
+    o_ = y2.shape[0]
+    lo, hi = u64(c0), u64(c1)
     for o in range(o_):
         row = y2[o]
         b = bias[o] if has_bias else 0
         if relu:
-            for q in range(u64(p)):
+            for q in range(lo, hi):
                 v = row[q] + b
                 row[q] = 0 if v < 0 else v
         else:
-            for q in range(u64(p)):
+            for q in range(lo, hi):
                 row[q] += b
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def prologue(gy3, y3, relu, n0, out):
-    """out[o, gi*P + q] = gy3[n0 + gi, o, q], zeroed where y3 <= 0 when ``relu``.
+def prologue(gy3, y3, relu, n0, c0, width, out):
+    """out[o, gi*width + q] = gy3[n0 + gi, o, c0 + q], zeroed where y3 <= 0 when ``relu``:
+    columns c0 .. c0+width-1 of g = out.shape[1] // width images (whole images: c0 = 0,
+    width = P; a band of one image: g = 1).
 
     gy3, y3 (N, O, P) (gy3 may be a strided view, e.g. a slice of a concatenation's
-    gradient); out (O, g*P)."""
+    gradient); out (O, g*width)."""
     o_, gp = out.shape
-    p = gy3.shape[2]
-    g = gp // p
+    g = gp // width
     for gi in range(g):
         for o in range(o_):
             g_row, o_row = gy3[n0 + gi, o], out[o]
-            base = u64(gi * p)
+            base = u64(gi * width)
             if relu:
                 y_row = y3[n0 + gi, o]
-                for q in range(u64(p)):
-                    o_row[base + q] = g_row[q] if y_row[q] > 0 else 0
+                for q in range(u64(width)):
+                    o_row[base + q] = g_row[u64(c0) + q] if y_row[u64(c0) + q] > 0 else 0
             else:
-                copy(o_row, base, g_row, 0, p)
+                copy(o_row, base, g_row, c0, width)
 
 
 # ------------------------------------------------------------------ the whole batch
@@ -272,12 +319,27 @@ def columns(x, n0, g, kh, kw, stride, pad, oh, ow):
     col = workspace.get("col", (c * kh * kw, g * p), x.dtype)
     if direct:
         x3 = x.reshape(n, c, p)
-        prologue(x3, x3, False, n0, col)
+        prologue(x3, x3, False, n0, 0, p, col)
     elif p <= SMALL_MAP:
         im2col_small(x, n0, pad, w + 2 * pad, small_map_taps(h, w, kh, kw, stride, pad), col)
     else:
         im2col(x, n0, kh, kw, stride, pad, oh, ow, col)
     return col
+
+
+def bands(oh, ow):
+    """[(y0, y1), ...]: output rows in bands of about BAND_COLUMNS pixels, or None when the
+    image is small enough to run whole."""
+    if oh * ow <= 2 * BAND_COLUMNS:
+        return None
+    rows = max(1, BAND_COLUMNS // ow)
+    return [(y0, min(oh, y0 + rows)) for y0 in range(0, oh, rows)]
+
+
+def _phase_buffers(x, kh, kw, stride, oh, ow):
+    """A zero-filled (C, s, rows, columns) buffer for :func:`phase_planes`, one per run: only
+    the inside is ever rewritten, so the padding stays zero from image to image."""
+    return np.zeros(phase_shape(x.shape[1], kh, kw, stride, oh, ow), dtype=x.dtype)
 
 
 def images_per_chunk(n, p, pointwise) -> int:
@@ -303,7 +365,7 @@ def winograd_size(x_shape, w_shape, stride, pad, phase="forward") -> int:
     "weights"), 0 for im2col + GEMM (``winograd.applies`` and ``winograd.choose``)."""
     if not winograd.applies(w_shape, stride, pad):
         return 0
-    return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], phase)
+    return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], phase, w_shape[2])
 
 
 def _stack(slot, count, rows, cols, dtype):
@@ -322,8 +384,8 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
     transformed filter (``winograd.filter_transform``), which says m."""
     count, o, c = u.shape
     m = winograd.tile_size(u)
-    into, out_of = winograd.TRANSFORMS[m]
-    k = winograd.constants(u.dtype)
+    into, out_of = winograd.TRANSFORMS[count]
+    k = winograd.constants(u.dtype, count)
     nt = g * winograd.tiles(h, w, m)
     v = _stack("wino_v", count, c, nt, u.dtype)
     prod = _stack("wino_m", count, o, nt, u.dtype)
@@ -375,18 +437,32 @@ def conv2d(x, w, b, stride, pad, relu):
     bias = b if b is not None else w2[:, 0]    # unused when there is no bias
     direct = kh == kw == 1 and stride == 1 and pad == 0   # x[n] is image n's column matrix
 
+    row_bands = None if direct else bands(oh, ow)
+
     def body(chunks):
+        if row_bands:                         # one image at a time, band by band
+            planes = _phase_buffers(x, kh, kw, stride, oh, ow)
+            for n0, _ in chunks:
+                phase_planes(x, n0, pad, planes)
+                y2 = y3[n0]
+                for y0, y1 in row_bands:
+                    col = workspace.get("col", (ck, (y1 - y0) * ow), x.dtype)
+                    im2col_rows(planes, kh, kw, ow, y0, y1, col)
+                    np.matmul(w2, col, out=y2[:, y0 * ow:y1 * ow])
+                    bias_relu(y2, bias, b is not None, relu, y0 * ow, y1 * ow)
+            return
         for n0, g in chunks:
             col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
             if g == 1:
                 np.matmul(w2, col, out=y3[n0])
-                bias_relu(y3[n0], bias, b is not None, relu)
+                bias_relu(y3[n0], bias, b is not None, relu, 0, p)
                 continue
             out = workspace.get("gemm", (o, g * p), x.dtype)
             np.matmul(w2, col, out=out)
             epilogue(out, bias, b is not None, relu, y3, n0)
 
-    parallel.run(body, parallel.chunks(n, images_per_chunk(n, p, direct)), blas=True)
+    per_chunk = 1 if row_bands else images_per_chunk(n, p, direct)
+    parallel.run(body, parallel.chunks(n, per_chunk), blas=True)
     return y
 
 
@@ -412,36 +488,61 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         u_t = winograd.filter_transform(np.ascontiguousarray(
             w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), wino)
         gx3 = gx.reshape(n, c, p)
-    # gW by Winograd: each run sums the chunks' transformed products (36, O, C) instead.
-    wino_w = need_w and winograd_size(x.shape, w.shape, stride, pad, "weights") == 4
+    # gW by F(4x4, 3x3): each run sums the chunks' transformed products (36, O, C) instead.
+    wino_w = need_w and kh == 3 and winograd_size(x.shape, w.shape, stride, pad, "weights") == 4
     gw_shape = (36, o, c) if wino_w else (o, ck)
     x3 = x.reshape(n, c, h * wd) if wino_w else None
+
+    # conv1's kind (a large map, no input gradient): gW and gb band by band (BAND_COLUMNS),
+    # summed as gW^T = col @ gY^T (OpenBLAS: 1.25x gY @ col^T on conv1's bands).
+    row_bands = None if (direct or need_x or wino_w) else bands(oh, ow)
+    if row_bands:
+        gw_shape = (ck, o)
 
     def body(chunks):
         """One run of chunks; returns its (gW, gb) partial sums. The run's first GEMM writes
         its gW straight into the sum (no zero-filled start, no add)."""
         gw2 = None
         gb = np.zeros(o, dtype=np.float64) if need_b else None
+
+        def add_gw(fill):
+            nonlocal gw2
+            first = gw2 is None
+            part = (np.empty(gw_shape, dtype=x.dtype) if first
+                    else workspace.get("gw", gw_shape, x.dtype))
+            fill(part)
+            if first:
+                gw2 = part
+            else:
+                gw2 += part
+
+        if row_bands:
+            planes = _phase_buffers(x, kh, kw, stride, oh, ow)
+            for n0, _ in chunks:
+                phase_planes(x, n0, pad, planes)
+                for y0, y1 in row_bands:
+                    width = (y1 - y0) * ow
+                    gyc = workspace.get("gy", (o, width), x.dtype)
+                    prologue(gy3, y3, relu, n0, y0 * ow, width, gyc)
+                    if need_b:
+                        gb += gyc.sum(axis=1)
+                    if need_w:
+                        col = workspace.get("col", (ck, width), x.dtype)
+                        im2col_rows(planes, kh, kw, ow, y0, y1, col)
+                        add_gw(lambda part: np.matmul(col, gyc.T, out=part))
+            return gw2, gb
         for n0, g in chunks:
             gyc = workspace.get("gy", (o, g * p), x.dtype)
-            prologue(gy3, y3, relu, n0, gyc)        # ReLU mask, (g, O, P) -> (O, g*P)
+            prologue(gy3, y3, relu, n0, 0, p, gyc)      # ReLU mask, (g, O, P) -> (O, g*P)
             if need_b:
                 gb += gyc.sum(axis=1)
             if wino or wino_w:
                 gy_images = gyc.reshape(o, g, p).transpose(1, 0, 2)     # (g, O, P) view
-            if need_w:
-                first = gw2 is None
-                part = (np.empty(gw_shape, dtype=x.dtype) if first
-                        else workspace.get("gw", gw_shape, x.dtype))
-                if wino_w:
-                    _winograd_weights_chunk(x3, n0, gy_images, h, wd, g, part)
-                else:
-                    col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
-                    np.matmul(gyc, col.T, out=part)
-                if first:
-                    gw2 = part
-                else:
-                    gw2 += part
+            if wino_w:
+                add_gw(lambda part: _winograd_weights_chunk(x3, n0, gy_images, h, wd, g, part))
+            elif need_w:
+                col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
+                add_gw(lambda part: np.matmul(gyc, col.T, out=part))
             if wino:
                 _winograd_chunk(gy_images, 0, u_t, u_t[0, :, 0], False, False, h, wd, gx3,
                                 n0, g)
@@ -460,7 +561,8 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                     col2im(gcol, n0, kh, kw, stride, pad, oh, ow, gx)
         return gw2, gb
 
-    parts = parallel.run(body, parallel.chunks(n, images_per_chunk(n, p, direct)), blas=True)
+    per_chunk = 1 if row_bands else images_per_chunk(n, p, direct)
+    parts = parallel.run(body, parallel.chunks(n, per_chunk), blas=True)
     # The runs' partial sums in run order, whichever thread ran which run.
     gw = gb = None
     if need_w:
@@ -471,6 +573,9 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         for _, gb_part in parts[1:]:
             gb += gb_part
     if need_w:
-        gw = winograd.filter_gradient(gw) if wino_w else gw.reshape(w.shape)
+        if wino_w:
+            gw = winograd.filter_gradient(gw)
+        else:
+            gw = (np.ascontiguousarray(gw.T) if row_bands else gw).reshape(w.shape)
     gb = gb.astype(x.dtype) if need_b else None
     return gx, gw, gb

@@ -58,11 +58,12 @@ from .loops import copy, u64
 
 
 def applies(w_shape, stride: int, pad: int) -> bool:
-    """3x3 kernels, stride 1, padding 1 ("same")."""
-    return tuple(w_shape[2:]) == (3, 3) and stride == 1 and pad == 1
+    """3x3 or 5x5 kernels, stride 1, "same" padding (1 or 2)."""
+    kh, kw = w_shape[2:]
+    return kh == kw and kh in (3, 5) and stride == 1 and pad == kh // 2
 
 
-def choose(c: int, o: int, h: int, w: int, phase: str = "forward") -> int:
+def choose(c: int, o: int, h: int, w: int, phase: str = "forward", k: int = 3) -> int:
     """m of the F(m x m, 3x3) to run a 3x3 "same" layer's ``phase`` with ("forward", "input"
     gradient or "weights" gradient), or 0 for im2col + GEMM. Measured on GoogLeNet's layers
     in whole training steps, two threads, paired in one process (``docs/performance_cpu.md``):
@@ -77,7 +78,12 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward") -> int:
       14x14 input gradient (F(2x2, 3x3): 0.98x at batch 8, 1.001x at batch 32): every
       chunk's GEMMs read all of U, (m+2)^2 / 9 times the filters, for 98 to 196 tiles;
     * im2col + GEMM on smaller maps (GoogLeNet's 7x7: few tiles per chunk for all of U;
-      0.6-0.7x) and few channels."""
+      0.6-0.7x) and few channels.
+
+    5x5 layers (``k = 5``): F(4x4, 5x5) for the forward and the input gradient on maps of
+    FIVE_BY_FIVE_MIN and up; their weight gradient stays im2col + GEMM."""
+    if k == 5:
+        return 4 if phase != "weights" and min(h, w) >= FIVE_BY_FIVE_MIN else 0
     if min(h, w) >= 16:
         return 4
     if phase == "forward" and min(h, w) >= 14 and min(c, o) >= 64:
@@ -90,18 +96,47 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward") -> int:
 _G2 = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 _G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                 [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
-_GG = {2: np.kron(_G2, _G2), 4: np.kron(_G4, _G4)}
+# F(4x4, 5x5), interpolation points 0, +-1, +-2, +-1/2 and infinity (8x8 tiles; the same
+# points as F(6x6, 3x3)): G (8, 5), and A^T (4, 8), B^T (8, 8) below.
+_G45 = np.array([[-1, 0, 0, 0, 0],
+                 [-2 / 9, -2 / 9, -2 / 9, -2 / 9, -2 / 9],
+                 [-2 / 9, 2 / 9, -2 / 9, 2 / 9, -2 / 9],
+                 [1 / 90, 1 / 45, 2 / 45, 4 / 45, 8 / 45],
+                 [1 / 90, -1 / 45, 2 / 45, -4 / 45, 8 / 45],
+                 [32 / 45, 16 / 45, 8 / 45, 4 / 45, 2 / 45],
+                 [32 / 45, -16 / 45, 8 / 45, -4 / 45, 2 / 45],
+                 [0, 0, 0, 0, 1]])
+_AT45 = np.array([[1, 1, 1, 1, 1, 1, 1, 0],
+                  [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0],
+                  [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0],
+                  [0, 1, -1, 8, -8, 1 / 8, -1 / 8, 1]])
+_BT45 = np.array([[-1, 0, 21 / 4, 0, -21 / 4, 0, 1, 0],
+                  [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0],
+                  [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0],
+                  [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0],
+                  [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0],
+                  [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+                  [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0],
+                  [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]])
+# 5x5 layers take F(4x4, 5x5) on maps at least this large (GoogLeNet's 28x28; on 14x14,
+# inception 4a-4e, whole steps measured 1.000x at batch 8 and 0.989x at batch 32).
+FIVE_BY_FIVE_MIN = 16
+
+# by the number of transformed values per tile, (m+r-1)^2: F(2x2, 3x3), F(4x4, 3x3),
+# F(4x4, 5x5)
+_GG = {16: np.kron(_G2, _G2), 36: np.kron(_G4, _G4), 64: np.kron(_G45, _G45)}
+_COUNT = {(2, 3): 16, (4, 3): 36, (4, 5): 64}
 
 
 def filter_transform(w, m: int):
-    """U ((m+2)^2, O, C) = G g G^T for every filter g of w (O, C, 3, 3): one GEMM,
-    (G (x) G) ((m+2)^2, 9) @ w.reshape(O*C, 9).T, whose ((m+2)^2, O*C) result is U's layout,
+    """U ((m+r-1)^2, O, C) = G g G^T for every filter g of w (O, C, r, r), r = 3 or 5: one
+    GEMM, (G (x) G) ((m+r-1)^2, r^2) @ w.reshape(O*C, r^2).T, whose result is U's layout,
     its rows shared among the threads. (A Numba loop over the filters took 3.1 ms for 320x160
     filters with F(2x2, 3x3), the GEMM 0.7 ms; F(4x4, 3x3)'s 36 rows write 4 times the
     filters' size, 1 ms on one thread.)"""
-    o, c = w.shape[:2]
-    gg = _GG[m]
-    u = arrays.matmul(gg.astype(w.dtype), w.reshape(o * c, 9).T)
+    o, c, r = w.shape[:3]
+    gg = _GG[_COUNT[m, r]]
+    u = arrays.matmul(gg.astype(w.dtype), w.reshape(o * c, r * r).T)
     return u.reshape(gg.shape[0], o, c)
 
 
@@ -110,13 +145,13 @@ def filter_gradient(m):
     adjoint of :func:`filter_transform`, gW[o, c] = G^T M[:, o, c] G, one GEMM
     M.reshape((m+2)^2, O*C).T @ (G (x) G), rows shared among the threads."""
     count, o, c = m.shape
-    gg = _GG[tile_size(m)]
+    gg = _GG[count]
     return arrays.matmul(m.reshape(count, o * c).T, gg.astype(m.dtype)).reshape(o, c, 3, 3)
 
 
 def tile_size(u) -> int:
-    """m of F(m x m, 3x3) from an array of its (m+2)^2 transformed matrices (U, M, ...)."""
-    return {16: 2, 36: 4}[u.shape[0]]
+    """m of F(m x m, r x r) from an array of its (m+r-1)^2 transformed matrices (U, M, ...)."""
+    return {16: 2, 36: 4, 64: 4}[u.shape[0]]
 
 
 def tiles(h: int, w: int, m: int) -> int:
@@ -125,9 +160,14 @@ def tiles(h: int, w: int, m: int) -> int:
     return (-(-h // m)) * (-(-w // m))
 
 
-def constants(dtype):
-    """F(4x4, 3x3)'s multipliers (2, 4, 5, 8) as ``dtype`` values: products with them stay
-    in the data's dtype inside the kernels (a Python int would make them float64)."""
+def constants(dtype, count=36):
+    """The transforms' multipliers as ``dtype`` values, so that products with them stay in
+    the data's dtype inside the kernels (a Python float would make them float64): for
+    F(4x4, 3x3) (2, 4, 5, 8); for F(4x4, 5x5) (``count`` 64) those of :func:`_bt8` and
+    :func:`_at8` (the entries of B^T and A^T, written out there)."""
+    if count == 64:
+        return np.array([21 / 4, 17 / 4, 1 / 2, 1 / 4, 5 / 2, 5 / 4, 2, 4, 5, 8, 1 / 8],
+                        dtype=dtype)
     return np.array([2, 4, 5, 8], dtype=dtype)
 
 
@@ -311,6 +351,22 @@ def gradient_transform_f4(g3, n0, h, w, k, u):
                             sa[j], sa[j + 1], sa[j + 2], sa[j + 3], c2, c4, c8)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _store_rows(rows, ty, h, w, b, relu, dst):
+    """dst (H*W) rows 4 ty .. 4 ty + 3 (those inside the map) = rows[r, :W] + b, then ReLU:
+    the last step of the 4x4-tile output transforms."""
+    for r in range(min(4, h - 4 * ty)):
+        row = rows[r]
+        base = u64((4 * ty + r) * w)
+        if relu:
+            for q in range(u64(w)):
+                val = row[q] + b
+                dst[base + q] = 0 if val < 0 else val
+        else:
+            for q in range(u64(w)):
+                dst[base + q] = row[q] + b
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def output_transform_f4(m, bias, has_bias, relu, k, n0, h, w, y3):
     """F(4x4, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every tile of
@@ -343,18 +399,104 @@ def output_transform_f4(m, bias, has_bias, relu, k, n0, h, w, y3):
                         row[j], row[j + 1], row[j + 2], row[j + 3] = _at6(
                             e[0, tx], e[1, tx], e[2, tx], e[3, tx], e[4, tx], e[5, tx],
                             c2, c4, c8)
-                for r in range(min(4, h - 4 * ty)):
-                    row = rows[r]
-                    base = u64((4 * ty + r) * w)
-                    if relu:
-                        for q in range(u64(w)):
-                            val = row[q] + b
-                            dst[base + q] = 0 if val < 0 else val
-                    else:
-                        for q in range(u64(w)):
-                            dst[base + q] = row[q] + b
+                _store_rows(rows, ty, h, w, b, relu, dst)
 
 
-# (input transform, output transform) of F(m x m, 3x3), by m
-TRANSFORMS = {2: (input_transform_f2, output_transform_f2),
-              4: (input_transform_f4, output_transform_f4)}
+# ------------------------------------------------------------------ F(4x4, 5x5)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _bt8(a0, a1, a2, a3, a4, a5, a6, a7, k):
+    """B^T of F(4x4, 5x5) applied to one column (or row) of an 8x8 tile, its rows paired
+    (even and odd parts); k = (21/4, 17/4, 1/2, 1/4, 5/2, 5/4, 2, 4, 5) in the data's dtype."""
+    e1, o1 = a2 + a6 - k[1] * a4, a1 + a5 - k[1] * a3
+    e3, o3 = k[3] * a2 - k[5] * a4 + a6, k[2] * a1 - k[4] * a3 + k[6] * a5
+    e5, o5 = k[7] * a2 - k[8] * a4 + a6, k[6] * a1 - k[4] * a3 + k[2] * a5
+    return (a6 - a0 + k[0] * (a2 - a4), e1 + o1, e1 - o1, e3 + o3, e3 - o3, e5 + o5,
+            e5 - o5, a7 - a1 + k[0] * (a3 - a5))
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _at8(e0, e1, e2, e3, e4, e5, e6, e7, k):
+    """A^T of F(4x4, 5x5) applied to one column (or row) of an 8x8 tile: four values;
+    k[2], k[3], k[6], k[7], k[9], k[10] = 1/2, 1/4, 2, 4, 8, 1/8."""
+    p1, q1 = e1 + e2, e1 - e2
+    p2, q2 = e3 + e4, e3 - e4
+    p3, q3 = e5 + e6, e5 - e6
+    return (e0 + p1 + p2 + p3, q1 + k[6] * q2 + k[2] * q3, p1 + k[7] * p2 + k[3] * p3,
+            q1 + k[9] * q2 + k[10] * q3 + e7)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def input_transform_f45(x3, n0, h, w, k, v):
+    """F(4x4, 5x5): V (64, C, g*TH*TW) = B^T d B for every 8x8 tile d of images
+    n0 .. n0+g-1 of x3 (N, C, H*W) (any strides), tiles every 4 pixels from (-2, -2); ``k``
+    from ``constants(dtype, 64)``. As :func:`input_transform_f4`: per tile row, S = B^T d
+    along whole buffer rows, then each of S's eight rows gives eight of V's matrices."""
+    c = x3.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = v.shape[2] // nt
+    wp = 4 * tw + 4
+    buf = np.zeros((4 * th + 4, wp), dtype=v.dtype)    # the padding and past the map stay 0
+    s = np.empty((8, wp), dtype=v.dtype)
+    for gi in range(g):
+        for ci in range(c):
+            src = x3[n0 + gi, ci]
+            for yy in range(h):
+                copy(buf[yy + 2], 2, src, yy * w, w)
+            for ty in range(th):
+                r0, r1, r2, r3 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2], buf[4 * ty + 3]
+                r4, r5, r6, r7 = buf[4 * ty + 4], buf[4 * ty + 5], buf[4 * ty + 6], buf[4 * ty + 7]
+                for q in range(u64(wp)):
+                    (s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q], s[6, q],
+                     s[7, q]) = _bt8(r0[q], r1[q], r2[q], r3[q], r4[q], r5[q], r6[q], r7[q], k)
+                t0 = u64(gi * nt + ty * tw)
+                for a in range(8):
+                    sa = s[a]
+                    va0, va1, va2, va3 = v[8 * a, ci], v[8 * a + 1, ci], v[8 * a + 2, ci], v[8 * a + 3, ci]
+                    va4, va5, va6, va7 = v[8 * a + 4, ci], v[8 * a + 5, ci], v[8 * a + 6, ci], v[8 * a + 7, ci]
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        t = t0 + tx
+                        va0[t], va1[t], va2[t], va3[t], va4[t], va5[t], va6[t], va7[t] = _bt8(
+                            sa[j], sa[j + 1], sa[j + 2], sa[j + 3], sa[j + 4], sa[j + 5],
+                            sa[j + 6], sa[j + 7], k)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def output_transform_f45(m, bias, has_bias, relu, k, n0, h, w, y3):
+    """F(4x4, 5x5): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every
+    tile of M (64, O, g*TH*TW); as :func:`output_transform_f4`, with 8x8 tiles."""
+    o_ = m.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = m.shape[2] // nt
+    tr = np.empty((4, 8, tw), dtype=m.dtype)
+    rows = np.empty((4, 4 * tw), dtype=m.dtype)
+    for gi in range(g):
+        for o in range(o_):
+            dst = y3[n0 + gi, o]
+            b = bias[o] if has_bias else 0
+            for ty in range(th):
+                t0 = u64(gi * nt + ty * tw)
+                for col in range(8):
+                    m0, m1, m2, m3 = m[col, o], m[8 + col, o], m[16 + col, o], m[24 + col, o]
+                    m4, m5, m6, m7 = m[32 + col, o], m[40 + col, o], m[48 + col, o], m[56 + col, o]
+                    for tx in range(u64(tw)):
+                        t = t0 + tx
+                        tr[0, col, tx], tr[1, col, tx], tr[2, col, tx], tr[3, col, tx] = _at8(
+                            m0[t], m1[t], m2[t], m3[t], m4[t], m5[t], m6[t], m7[t], k)
+                for r in range(4):
+                    e, row = tr[r], rows[r]
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        row[j], row[j + 1], row[j + 2], row[j + 3] = _at8(
+                            e[0, tx], e[1, tx], e[2, tx], e[3, tx], e[4, tx], e[5, tx],
+                            e[6, tx], e[7, tx], k)
+                _store_rows(rows, ty, h, w, b, relu, dst)
+
+
+# (input transform, output transform) by the number of transformed values per tile:
+# F(2x2, 3x3), F(4x4, 3x3), F(4x4, 5x5)
+TRANSFORMS = {16: (input_transform_f2, output_transform_f2),
+              36: (input_transform_f4, output_transform_f4),
+              64: (input_transform_f45, output_transform_f45)}
