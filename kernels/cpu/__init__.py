@@ -9,8 +9,8 @@ the batch out over the threads. Modules:
 
 * ``conv``      -- the convolution chunk by chunk: im2col / col2im over a chunk of images,
   epilogue and prologue of the GEMMs;
-* ``winograd``  -- Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms, for the 3x3 convolutions'
-  forward and input gradient where faster;
+* ``winograd``  -- Winograd F(2x2, 3x3), F(4x4, 3x3) and F(4x4, 5x5) transforms, for the 3x3
+  and 5x5 convolutions where faster;
 * ``pool``      -- max pooling (maximum and winning tap over -inf padded planes; backward by
   scatter, plane by plane) and average pooling;
 * ``lrn``       -- cross-channel LRN forward and backward in one pass each;

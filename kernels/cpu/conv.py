@@ -24,6 +24,8 @@ chunks, and col2im sums each (image, channel) plane's taps in a fixed order, so 
 races and results are deterministic):
 
 * :func:`im2col` -- fill ``col`` (C*kh*kw, g*OH*OW) from zero-padded copies of each plane.
+* :func:`phase_planes` and :func:`im2col_rows` -- the same for one large image in bands of
+  output rows (conv1: ``BAND_COLUMNS``), the padded copies made once per image.
 * :func:`col2im` -- the adjoint: every (image, channel) plane of ``gx`` sums its taps' rows
   in a fixed tap order, the plane staying in cache while it does.
 * :func:`epilogue` -- ``y[n0 + gi, o, p] = act(src[o, gi*P + p] + b[o])``: bias, ReLU and the

@@ -3,7 +3,7 @@ against the plain NumPy path, then timed on GoogLeNet's shapes.
 
     python -m kernels.cpu.lab                  # batch 8, every kernel, one thread
     python -m kernels.cpu.lab --batch 32 --only pool,lrn
-    python -m kernels.cpu.lab --only winograd  # the 3x3 layers: direct, F(2x2), F(4x4)
+    python -m kernels.cpu.lab --only winograd  # 3x3: direct, F(2x2), F(4x4); 5x5: direct, F(4x4)
 
 Version 1 of each kernel is the direct transcription: per-element signed indexing
 (``col[r, base + q] = x[n, c, hh, ww] if inside else 0``), one window scanned tap by tap per
@@ -223,6 +223,78 @@ WINOGRAD = [  # (name, C, O, H): GoogLeNet's 3x3 convolutions, stride 1, "same"
 ]
 
 
+WINOGRAD_5X5 = [  # (name, C, O, H): GoogLeNet's 5x5 convolutions, stride 1, "same"
+    ("3a.5x5", 16, 32, 28), ("3b.5x5", 32, 96, 28), ("4e.5x5", 32, 128, 14),
+    ("5b.5x5", 48, 128, 7),
+]
+
+
+def _float64_reference(x, w, gy):
+    """(y, gx, gW) of the "same" convolution by the plain path in float64."""
+    from layers import conv2d
+    from engine.tensor import Tensor
+    with dispatch.use("plain"):
+        xt, wt = Tensor(x.astype(np.float64), requires_grad=True), Tensor(
+            w.astype(np.float64), requires_grad=True)
+        yt = conv2d(xt, wt, None, 1, w.shape[2] // 2)
+        yt.backward(gy.astype(np.float64))
+    return yt.data, xt.grad, wt.grad
+
+
+def _check_all(fns, out, ref, name):
+    """Run each of ``fns`` (writing ``out``) and hold it to 5e-5 of ``ref``'s scale."""
+    for fn in fns:
+        fn()
+        scale = max(float(np.abs(ref).max()), 1.0)
+        assert np.abs(out.reshape(ref.shape) - ref).max() <= 5e-5 * scale, name
+
+
+def lab_winograd_5x5(n, repeat):
+    """The 5x5 layers two ways, one image per call: im2col + GEMM (+ col2im) and
+    F(4x4, 5x5), forward and input gradient, each checked against the plain float64
+    convolution first (the weight gradient is im2col + GEMM either way)."""
+    rng = np.random.default_rng(4)
+    print(f"5x5 conv, ms for the batch:  forward{'direct':>9}{'F4':>7}"
+          f"  | input grad{'direct':>7}{'F4':>7}")
+    for name, c, o, h in WINOGRAD_5X5:
+        x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+        w = (rng.standard_normal((o, c, 5, 5)) / np.sqrt(25 * c)).astype(np.float32)
+        gy = rng.standard_normal((n, o, h, h)).astype(np.float32)
+        refs = _float64_reference(x, w, gy)
+        p, x3, gy3 = h * h, x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
+        w2 = np.ascontiguousarray(w.reshape(o, c * 25))
+        u = winograd.filter_transform(w, 4)
+        u_t = winograd.filter_transform(
+            np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), 4)
+        zeros = np.zeros(max(c, o), np.float32)
+        y, gx = np.empty((n, o, p), np.float32), np.empty((n, c, p), np.float32)
+        gcol = np.empty((c * 25, p), np.float32)
+
+        def fwd_direct():
+            for i in range(n):
+                np.matmul(w2, conv.columns(x, i, 1, 5, 5, 1, 2, h, h), out=y[i])
+
+        def fwd_f4():
+            for i in range(n):
+                conv._winograd_chunk(x3, i, u, zeros, False, False, h, h, y, i, 1)
+
+        def gx_direct():
+            for i in range(n):
+                np.matmul(w2.T, gy3[i], out=gcol)
+                conv.col2im(gcol, 0, 5, 5, 1, 2, h, h, gx[i:i + 1].reshape(1, c, h, h))
+
+        def gx_f4():
+            for i in range(n):
+                conv._winograd_chunk(gy3, i, u_t, zeros, False, False, h, h, gx, i, 1)
+
+        _check_all((fwd_direct, fwd_f4), y, refs[0], name)
+        _check_all((gx_direct, gx_f4), gx, refs[1], name)
+        times = [[_time(fn, repeat) * 1e3 for fn in fns]
+                 for fns in ((fwd_direct, fwd_f4), (gx_direct, gx_f4))]
+        print(f"{name:<29}" + "".join(f"{t:>7.2f}" for t in times[0]) + " " * 14
+              + "".join(f"{t:>7.2f}" for t in times[1]))
+
+
 def lab_winograd(n, repeat):
     """The 3x3 layers three ways, one image per call: im2col + GEMM (+ col2im), F(2x2, 3x3)
     and F(4x4, 3x3), for the forward, the input gradient and the weight gradient (F(2x2,
@@ -230,8 +302,6 @@ def lab_winograd(n, repeat):
     thread, like a pool thread's. A training step chooses differently on the small maps
     (``winograd.choose``): there the chunks hold several images, both threads share the
     memory bandwidth, and each chunk's GEMMs read all of U."""
-    from layers import conv2d
-    from engine.tensor import Tensor
     parallel.claim_cores()
     rng = np.random.default_rng(3)
     print(f"3x3 conv, ms for the batch:  forward{'direct':>9}{'F2':>7}{'F4':>7}"
@@ -240,12 +310,7 @@ def lab_winograd(n, repeat):
         x = rng.standard_normal((n, c, h, h)).astype(np.float32)
         w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
         gy = rng.standard_normal((n, o, h, h)).astype(np.float32)
-        with dispatch.use("plain"):
-            xt, wt = Tensor(x.astype(np.float64), requires_grad=True), Tensor(
-                w.astype(np.float64), requires_grad=True)
-            yt = conv2d(xt, wt, None, 1, 1)
-            yt.backward(gy.astype(np.float64))
-        refs = (yt.data, xt.grad, wt.grad)
+        refs = _float64_reference(x, w, gy)
         p, x3, gy3 = h * h, x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
         w2 = np.ascontiguousarray(w.reshape(o, c * 9))
         flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
@@ -289,11 +354,8 @@ def lab_winograd(n, repeat):
 
         forward = [fwd_direct, lambda: fwd(2), lambda: fwd(4)]
         backward = [gx_direct, lambda: gx_wino(2), lambda: gx_wino(4)]
-        for fns, out, ref in ((forward, y, refs[0]), (backward, gx, refs[1])):
-            for fn in fns:
-                fn()
-                scale = max(float(np.abs(ref).max()), 1.0)
-                assert np.abs(out.reshape(ref.shape) - ref).max() <= 5e-5 * scale, name
+        _check_all(forward, y, refs[0], name)
+        _check_all(backward, gx, refs[1], name)
         for fn in (gw_direct, gw_f4):
             assert np.abs(fn() - refs[2]).max() <= 5e-5 * max(float(np.abs(refs[2]).max()), 1)
         times = [[_time(fn, repeat) * 1e3 for fn in fns]
@@ -301,6 +363,7 @@ def lab_winograd(n, repeat):
         print(f"{name:<29}" + "".join(f"{t:>7.2f}" for t in times[0]) + " " * 14
               + "".join(f"{t:>7.2f}" for t in times[1]) + " " * 15
               + "".join(f"{t:>7.2f}" for t in times[2]))
+    lab_winograd_5x5(n, repeat)
 
 
 LABS = {"im2col": lab_im2col, "pool": lab_pool, "lrn": lab_lrn, "winograd": lab_winograd}

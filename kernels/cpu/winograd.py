@@ -1,6 +1,6 @@
-"""Winograd's minimal filtering for 3x3 stride-1 "same" convolutions (Lavin and Gray, "Fast
-Algorithms for Convolutional Neural Networks", 2016): F(m x m, 3x3) computes an m x m output
-tile from an (m+2) x (m+2) input tile ``d`` (tiles start every m pixels, at -pad) as::
+"""Winograd's minimal filtering for 3x3 and 5x5 stride-1 "same" convolutions (Lavin and Gray,
+"Fast Algorithms for Convolutional Neural Networks", 2016): F(m x m, 3x3) computes an m x m
+output tile from an (m+2) x (m+2) input tile ``d`` (tiles start every m pixels, at -pad) as::
 
     Y = A^T [(G g G^T) * (B^T d B)] A        for each 3x3 filter g
 
@@ -12,7 +12,7 @@ Summed over input channels, the elementwise product becomes (m+2)^2 GEMMs, one p
     M[k] = U[k] @ V[k]       (O, T)
     y    = A^T M A (+ b, ReLU)             output transform, m x m pixels per tile
 
-Two sizes, chosen per layer by ``kernels.cpu.conv`` where each measured faster:
+Three forms, chosen per layer by ``kernels.cpu.conv`` where each measured faster:
 
 * **F(2x2, 3x3)**: 16 multiplies per 2x2 tile (4 per output pixel and channel pair, where
   the direct convolution does 9); transformed tiles hold 4 values per pixel::
@@ -42,11 +42,19 @@ GEMM for G^T . G (:func:`gradient_transform_f4`, :func:`filter_gradient`). The i
 gradient is the forward's computation applied to the output gradient with the filters
 turned around and transposed.
 
+* **F(4x4, 5x5)** for the 5x5 "same" layers: 64 multiplies per 4x4 tile (4 per pixel,
+  where the direct convolution does 25), 8x8 tiles every 4 pixels, interpolation points 0,
+  +-1, +-2, +-1/2 and infinity (those of F(6x6, 3x3)). G is 8x5, A^T 4x8, B^T 8x8 (written
+  out at ``_G45``, ``_AT45``, ``_BT45``; the kernels :func:`_bt8` and :func:`_at8` apply
+  B^T and A^T with their rows paired into even and odd parts). Forward and input gradient;
+  the weight gradient stays im2col + GEMM (GoogLeNet's 5x5 layers have 16 to 48 input
+  channels: their weight-gradient GEMMs are small already).
+
 The rounding differs from the direct sum's: the transforms add and subtract many inputs at a
 time (F(4x4, 3x3) with multipliers up to 25 in B^T d B and 64 in A^T M A), so the float32
 error grows by a constant factor, measured on GoogLeNet's shapes at about 5e-7 of the
-output's scale for F(2x2, 3x3) and up to 4e-6 for F(4x4, 3x3) (``tests/test_cpu_kernels.py``
-holds both to 5e-5).
+output's scale for F(2x2, 3x3), up to 4e-6 for F(4x4, 3x3) and up to 6e-6 for F(4x4, 5x5)
+(``tests/test_cpu_kernels.py`` holds all three to 5e-5).
 """
 from __future__ import annotations
 
