@@ -249,6 +249,45 @@ def _check_all(fns, out, ref, name):
         assert np.abs(out.reshape(ref.shape) - ref).max() <= 5e-5 * scale, name
 
 
+def _direct_and_winograd(x, w, gy, sizes):
+    """(forward, backward, y, gx): one image per call, the "same" convolution of x by w
+    (O, C, k, k) into y by im2col + GEMM, then by F(m x m, k x k) for each m in ``sizes``;
+    and the input gradient of gy into gx by GEMM + col2im, then by the same Winograd forms
+    with the filters turned around and transposed."""
+    n, c, h, _ = x.shape
+    o, k = w.shape[0], w.shape[2]
+    pad, p = k // 2, h * h
+    x3, gy3 = x.reshape(n, c, p), gy.reshape(n, o, p)
+    w2 = np.ascontiguousarray(w.reshape(o, c * k * k))
+    flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    u = {m: winograd.filter_transform(w, m) for m in sizes}
+    u_t = {m: winograd.filter_transform(flipped, m) for m in sizes}
+    zeros = np.zeros(max(c, o), np.float32)
+    y, gx = np.empty((n, o, p), np.float32), np.empty((n, c, p), np.float32)
+    gcol = np.empty((c * k * k, p), np.float32)
+
+    def fwd_direct():
+        for i in range(n):
+            np.matmul(w2, conv.columns(x, i, 1, k, k, 1, pad, h, h), out=y[i])
+
+    def fwd(m):
+        for i in range(n):
+            conv._winograd_chunk(x3, i, u[m], zeros, False, False, h, h, y, i, 1)
+
+    def gx_direct():
+        for i in range(n):
+            np.matmul(w2.T, gy3[i], out=gcol)
+            conv.col2im(gcol, 0, k, k, 1, pad, h, h, gx[i:i + 1].reshape(1, c, h, h))
+
+    def gx_wino(m):
+        for i in range(n):
+            conv._winograd_chunk(gy3, i, u_t[m], zeros, False, False, h, h, gx, i, 1)
+
+    forward = [fwd_direct] + [lambda m=m: fwd(m) for m in sizes]
+    backward = [gx_direct] + [lambda m=m: gx_wino(m) for m in sizes]
+    return forward, backward, y, gx
+
+
 def lab_winograd_5x5(n, repeat):
     """The 5x5 layers two ways, one image per call: im2col + GEMM (+ col2im) and
     F(4x4, 5x5), forward and input gradient, each checked against the plain float64
@@ -261,36 +300,10 @@ def lab_winograd_5x5(n, repeat):
         w = (rng.standard_normal((o, c, 5, 5)) / np.sqrt(25 * c)).astype(np.float32)
         gy = rng.standard_normal((n, o, h, h)).astype(np.float32)
         refs = _float64_reference(x, w, gy)
-        p, x3, gy3 = h * h, x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
-        w2 = np.ascontiguousarray(w.reshape(o, c * 25))
-        u = winograd.filter_transform(w, 4)
-        u_t = winograd.filter_transform(
-            np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), 4)
-        zeros = np.zeros(max(c, o), np.float32)
-        y, gx = np.empty((n, o, p), np.float32), np.empty((n, c, p), np.float32)
-        gcol = np.empty((c * 25, p), np.float32)
-
-        def fwd_direct():
-            for i in range(n):
-                np.matmul(w2, conv.columns(x, i, 1, 5, 5, 1, 2, h, h), out=y[i])
-
-        def fwd_f4():
-            for i in range(n):
-                conv._winograd_chunk(x3, i, u, zeros, False, False, h, h, y, i, 1)
-
-        def gx_direct():
-            for i in range(n):
-                np.matmul(w2.T, gy3[i], out=gcol)
-                conv.col2im(gcol, 0, 5, 5, 1, 2, h, h, gx[i:i + 1].reshape(1, c, h, h))
-
-        def gx_f4():
-            for i in range(n):
-                conv._winograd_chunk(gy3, i, u_t, zeros, False, False, h, h, gx, i, 1)
-
-        _check_all((fwd_direct, fwd_f4), y, refs[0], name)
-        _check_all((gx_direct, gx_f4), gx, refs[1], name)
-        times = [[_time(fn, repeat) * 1e3 for fn in fns]
-                 for fns in ((fwd_direct, fwd_f4), (gx_direct, gx_f4))]
+        forward, backward, y, gx = _direct_and_winograd(x, w, gy, (4,))
+        _check_all(forward, y, refs[0], name)
+        _check_all(backward, gx, refs[1], name)
+        times = [[_time(fn, repeat) * 1e3 for fn in fns] for fns in (forward, backward)]
         print(f"{name:<29}" + "".join(f"{t:>7.2f}" for t in times[0]) + " " * 14
               + "".join(f"{t:>7.2f}" for t in times[1]))
 
@@ -301,7 +314,8 @@ def lab_winograd(n, repeat):
     3x3) has none), each checked against the plain float64 convolution first. BLAS on one
     thread, like a pool thread's. A training step chooses differently on the small maps
     (``winograd.choose``): there the chunks hold several images, both threads share the
-    memory bandwidth, and each chunk's GEMMs read all of U."""
+    memory bandwidth, and each chunk's GEMMs read all of U. Then the 5x5 layers
+    (:func:`lab_winograd_5x5`)."""
     parallel.claim_cores()
     rng = np.random.default_rng(3)
     print(f"3x3 conv, ms for the batch:  forward{'direct':>9}{'F2':>7}{'F4':>7}"
@@ -311,32 +325,9 @@ def lab_winograd(n, repeat):
         w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
         gy = rng.standard_normal((n, o, h, h)).astype(np.float32)
         refs = _float64_reference(x, w, gy)
-        p, x3, gy3 = h * h, x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
-        w2 = np.ascontiguousarray(w.reshape(o, c * 9))
-        flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-        u = {m: winograd.filter_transform(w, m) for m in (2, 4)}
-        u_t = {m: winograd.filter_transform(flipped, m) for m in (2, 4)}
-        zeros = np.zeros(max(c, o), np.float32)
-        y, gx = np.empty((n, o, p), np.float32), np.empty((n, c, p), np.float32)
-        gcol, gw9 = np.empty((c * 9, p), np.float32), np.empty((o, c * 9), np.float32)
-        part = np.empty((36, o, c), np.float32)
-
-        def fwd_direct():
-            for i in range(n):
-                np.matmul(w2, conv.columns(x, i, 1, 3, 3, 1, 1, h, h), out=y[i])
-
-        def fwd(m):
-            for i in range(n):
-                conv._winograd_chunk(x3, i, u[m], zeros, False, False, h, h, y, i, 1)
-
-        def gx_direct():
-            for i in range(n):
-                np.matmul(w2.T, gy3[i], out=gcol)
-                conv.col2im(gcol, 0, 3, 3, 1, 1, h, h, gx[i:i + 1].reshape(1, c, h, h))
-
-        def gx_wino(m):
-            for i in range(n):
-                conv._winograd_chunk(gy3, i, u_t[m], zeros, False, False, h, h, gx, i, 1)
+        forward, backward, y, gx = _direct_and_winograd(x, w, gy, (2, 4))
+        x3, gy3 = x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
+        gw9, part = np.empty((o, c * 9), np.float32), np.empty((36, o, c), np.float32)
 
         def gw_direct():
             total = np.zeros((o, c * 9), np.float32)
@@ -352,8 +343,6 @@ def lab_winograd(n, repeat):
                 total += part
             return winograd.filter_gradient(total)
 
-        forward = [fwd_direct, lambda: fwd(2), lambda: fwd(4)]
-        backward = [gx_direct, lambda: gx_wino(2), lambda: gx_wino(4)]
         _check_all(forward, y, refs[0], name)
         _check_all(backward, gx, refs[1], name)
         for fn in (gw_direct, gw_f4):
