@@ -687,7 +687,10 @@ def test_pooled_matmul_matches_numpy(two_threads):
     np.testing.assert_allclose(arrays.matmul(w, x.T), w @ x.T, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(arrays.matmul(w.T, x[:, :300].T), w.T @ x[:, :300].T,
                                rtol=1e-12, atol=1e-12)
-    assert len(calls) == 2
+    wide = rng.standard_normal((9, 5003))              # more columns than rows: split by those
+    np.testing.assert_allclose(arrays.matmul(w[:36, :9], wide), w[:36, :9] @ wide,
+                               rtol=1e-12, atol=1e-12)
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

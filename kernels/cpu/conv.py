@@ -54,6 +54,9 @@ COLUMNS_PER_GEMM = 1024
 # at 1.3x the rate of (64, 147) @ (147, 12544).
 BAND_COLUMNS = 2048
 
+# 1x1 convolutions on maps of at least this many pixels take one image per GEMM, x[n] in place.
+POINTWISE_IN_PLACE = 49
+
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _valid_range(size_out, size_in, tap, stride, pad):
@@ -352,7 +355,7 @@ def images_per_chunk(n, p, pointwise) -> int:
     A 1x1 convolution takes one image at a time down to 7x7 maps: its GEMM then reads x[n]
     in place, and gathering several images would cost more than the slightly larger GEMM
     gains (single-threaded OpenBLAS runs these shapes within 10% of its peak)."""
-    if pointwise and p >= 49:
+    if pointwise and p >= POINTWISE_IN_PLACE:
         return 1
     runs = 2 * parallel.threads()
     g = max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // runs)))
