@@ -239,17 +239,20 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
 
 def test_chunks_fill_whole_rounds_of_runs(monkeypatch):
     """Every run of chunks gets as many images where n allows it: 32 images of 14x14 in 8
-    chunks of 4 (not 6, 6, 6, 6, 6, 2, dealt as runs of 6 and 12 images)."""
+    chunks of 4 (not 6, 6, 6, 6, 6, 2, dealt as runs of 6 and 12 images); up to 4 images per
+    thread, one run per thread (8 images of 14x14: 2 chunks of 4), else two."""
     from kernels.cpu import conv as K
     from kernels.cpu import parallel
     monkeypatch.setattr(parallel, "THREADS", 2)
+    assert [parallel.runs(n) for n in (1, 8, 9, 32)] == [2, 2, 4, 4]
     for n, p, g in ((32, 196, 4), (64, 196, 4), (8, 784, 2), (32, 49, 8), (32, 3136, 1),
-                    (30, 784, 2), (5, 49, 2)):
+                    (30, 784, 2), (5, 49, 3), (8, 196, 4), (8, 49, 4)):
         assert K.images_per_chunk(n, p, False) == g
     for n in (8, 16, 32, 64, 96):
         for p in (3136, 784, 196, 49, 16):
             g = K.images_per_chunk(n, p, False)
-            assert g * p <= max(K.COLUMNS_PER_GEMM, p) * 2 and -(-n // g) % 4 == 0
+            assert g * p <= max(K.COLUMNS_PER_GEMM, p) * 2
+            assert -(-n // g) % parallel.runs(n) == 0
 
 
 def test_im2col_and_col2im_kernels_match_numpy():

@@ -348,19 +348,20 @@ def _phase_buffers(x, kh, kw, stride, oh, ow):
 
 
 def images_per_chunk(n, p, pointwise) -> int:
-    """Images per GEMM: enough for COLUMNS_PER_GEMM columns, while leaving at least two
-    chunks per thread to share out, and as many chunks in every run (``parallel.run``
-    deals 2 runs per thread): 32 images at 14x14 make 8 chunks of 4, not 6 of 6 and a last
-    of 2, which left runs of 6 and 12 images and one thread waiting a third of the layer.
+    """Images per GEMM: enough for COLUMNS_PER_GEMM columns, while leaving at least one
+    chunk per run to share out, and as many chunks in every run (``parallel.runs``: two
+    runs per thread, one for small batches): 32 images at 14x14 make 8 chunks of 4, not 6
+    of 6 and a last of 2, which left runs of 6 and 12 images and one thread waiting a third
+    of the layer.
     A 1x1 convolution takes one image at a time down to 7x7 maps: its GEMM then reads x[n]
     in place, and gathering several images would cost more than the slightly larger GEMM
     gains (single-threaded OpenBLAS runs these shapes within 10% of its peak)."""
     if pointwise and p >= POINTWISE_IN_PLACE:
         return 1
-    runs = 2 * parallel.threads()
-    g = max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // runs)))
+    k = parallel.runs(n)
+    g = max(1, min(-(-COLUMNS_PER_GEMM // p), -(-n // k)))
     for fewer in range(g, 0, -1):                # the largest that gives whole rounds
-        if (-(-n // fewer)) % runs == 0:
+        if (-(-n // fewer)) % k == 0:
             return fewer
     return g
 
@@ -431,7 +432,8 @@ def conv2d(x, w, b, stride, pad, relu):
                 _winograd_chunk(x3, n0, u, bias, b is not None, relu, h, wd, y3, n0, g)
 
         nt = winograd.tiles(h, wd, m)
-        parallel.run(wino, parallel.chunks(n, images_per_chunk(n, nt, False)), blas=True)
+        parallel.run(wino, parallel.chunks(n, images_per_chunk(n, nt, False)), blas=True,
+                     groups=parallel.runs(n))
         return y
     o, _, kh, kw = w.shape
     oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
@@ -467,7 +469,7 @@ def conv2d(x, w, b, stride, pad, relu):
             epilogue(out, bias, b is not None, relu, y3, n0)
 
     per_chunk = 1 if row_bands else images_per_chunk(n, p, direct)
-    parallel.run(body, parallel.chunks(n, per_chunk), blas=True)
+    parallel.run(body, parallel.chunks(n, per_chunk), blas=True, groups=parallel.runs(n))
     return y
 
 
@@ -567,7 +569,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         return gw2, gb
 
     per_chunk = 1 if row_bands else images_per_chunk(n, p, direct)
-    parts = parallel.run(body, parallel.chunks(n, per_chunk), blas=True)
+    parts = parallel.run(body, parallel.chunks(n, per_chunk), blas=True, groups=parallel.runs(n))
     # The runs' partial sums in run order, whichever thread ran which run.
     gw = gb = None
     if need_w:
