@@ -267,16 +267,19 @@ def bias_relu(y2, bias, has_bias, relu, c0, c1):
                 row[q] += b
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def prologue(gy3, y3, relu, n0, c0, width, out):
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def prologue(gy3, y3, relu, n0, c0, width, out, gb, sum_rows):
     """out[o, gi*width + q] = gy3[n0 + gi, o, c0 + q], zeroed where y3 <= 0 when ``relu``:
     columns c0 .. c0+width-1 of g = out.shape[1] // width images (whole images: c0 = 0,
-    width = P; a band of one image: g = 1).
+    width = P; a band of one image: g = 1). With ``sum_rows``, gb[o] (float64) also gets
+    the sum of out's row o, in the same pass (the bias gradient; its additions may be
+    reordered, ``fastmath={"reassoc"}``, so that they vectorise).
 
     gy3, y3 (N, O, P) (gy3 may be a strided view, e.g. a slice of a concatenation's
     gradient); out (O, g*width)."""
     o_, gp = out.shape
     g = gp // width
+    lo = u64(c0)
     for gi in range(g):
         for o in range(o_):
             g_row, o_row = gy3[n0 + gi, o], out[o]
@@ -284,12 +287,20 @@ def prologue(gy3, y3, relu, n0, c0, width, out):
             if relu:
                 y_row = y3[n0 + gi, o]
                 for q in range(u64(width)):
-                    o_row[base + q] = g_row[u64(c0) + q] if y_row[u64(c0) + q] > 0 else 0
+                    o_row[base + q] = g_row[lo + q] if y_row[lo + q] > 0 else 0
             else:
                 copy(o_row, base, g_row, c0, width)
+            if sum_rows:
+                total = 0.0
+                for q in range(u64(width)):
+                    total += o_row[base + q]
+                gb[o] += total
 
 
 # ------------------------------------------------------------------ the whole batch
+_NO_SUMS = np.zeros(1)      # prologue's gb when it sums nothing
+
+
 def _out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
@@ -324,7 +335,7 @@ def columns(x, n0, g, kh, kw, stride, pad, oh, ow):
     col = workspace.get("col", (c * kh * kw, g * p), x.dtype)
     if direct:
         x3 = x.reshape(n, c, p)
-        prologue(x3, x3, False, n0, 0, p, col)
+        prologue(x3, x3, False, n0, 0, p, col, _NO_SUMS, False)
     elif p <= SMALL_MAP:
         im2col_small(x, n0, pad, w + 2 * pad, small_map_taps(h, w, kh, kw, stride, pad), col)
     else:
@@ -511,6 +522,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         its gW straight into the sum (no zero-filled start, no add)."""
         gw2 = None
         gb = np.zeros(o, dtype=np.float64) if need_b else None
+        gb_sum = gb if need_b else _NO_SUMS
 
         def add_gw(fill):
             nonlocal gw2
@@ -530,9 +542,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                 for y0, y1 in row_bands:
                     width = (y1 - y0) * ow
                     gyc = workspace.get("gy", (o, width), x.dtype)
-                    prologue(gy3, y3, relu, n0, y0 * ow, width, gyc)
-                    if need_b:
-                        gb += gyc.sum(axis=1)
+                    prologue(gy3, y3, relu, n0, y0 * ow, width, gyc, gb_sum, need_b)
                     if need_w:
                         col = workspace.get("col", (ck, width), x.dtype)
                         im2col_rows(planes, kh, kw, ow, y0, y1, col)
@@ -540,9 +550,8 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
             return gw2, gb
         for n0, g in chunks:
             gyc = workspace.get("gy", (o, g * p), x.dtype)
-            prologue(gy3, y3, relu, n0, 0, p, gyc)      # ReLU mask, (g, O, P) -> (O, g*P)
-            if need_b:
-                gb += gyc.sum(axis=1)
+            # ReLU mask, (g, O, P) -> (O, g*P), and gb's sums
+            prologue(gy3, y3, relu, n0, 0, p, gyc, gb_sum, need_b)
             if wino or wino_w:
                 gy_images = gyc.reshape(o, g, p).transpose(1, 0, 2)     # (g, O, P) view
             if wino_w:
