@@ -125,6 +125,8 @@ def test_conv_in_bands_of_output_rows_matches_numpy(monkeypatch, band):
     for shape, k, s, p in [((5, 3, 23, 23), 7, 2, 3), ((3, 4, 11, 9), 5, 1, 2)]:
         for dtype in (np.float32, np.float64):
             x = rng.standard_normal(shape).astype(dtype)
+            if dtype == np.float64:
+                x = np.asfortranarray(x)                 # strided planes work too
             wt = (rng.standard_normal((6, shape[1], k, k)) * 0.3).astype(dtype)
             b = rng.standard_normal(6).astype(dtype)
             results = []
