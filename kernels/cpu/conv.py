@@ -386,8 +386,8 @@ def images_per_chunk(n, p, pointwise) -> int:
 
 
 def winograd_size(x_shape, w_shape, stride, pad, phase="forward") -> int:
-    """m of the Winograd F(m x m, 3x3) for this layer's ``phase`` ("forward", "input",
-    "weights"), 0 for im2col + GEMM (``winograd.applies`` and ``winograd.choose``)."""
+    """m of the Winograd F(m x m, r x r) (r = 3 or 5) for this layer's ``phase`` ("forward",
+    "input", "weights"), 0 for im2col + GEMM (``winograd.applies`` and ``winograd.choose``)."""
     if not winograd.applies(w_shape, stride, pad):
         return 0
     return winograd.choose(x_shape[1], w_shape[0], x_shape[2], x_shape[3], phase, w_shape[2])
@@ -404,9 +404,10 @@ def _stack(slot, count, rows, cols, dtype):
 
 
 def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
-    """out3[n0:n0+g] (N, O, H*W) = relu(conv3x3_same(src3[s0:s0+g]) + bias) by Winograd, on
-    the calling thread; src3 (*, C, H*W) may be a strided view; u ((m+2)^2, O, C) is the
-    transformed filter (``winograd.filter_transform``), which says m."""
+    """out3[n0:n0+g] (N, O, H*W) = relu(conv_same(src3[s0:s0+g]) + bias) by Winograd (3x3 or
+    5x5 filters), on the calling thread; src3 (*, C, H*W) may be a strided view;
+    u ((m+r-1)^2, O, C) is the transformed filter (``winograd.filter_transform``), whose
+    first dimension says which F(m x m, r x r)."""
     count, o, c = u.shape
     m = winograd.tile_size(u)
     into, out_of = winograd.TRANSFORMS[count]
@@ -437,7 +438,7 @@ def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out):
 def conv2d(x, w, b, stride, pad, relu):
     """y (N, O, OH, OW) = relu(conv(x, w) + b) for x (N, C, H, W), w (O, C, kh, kw), b (O,)
     or None. Per chunk of g images: col = im2col, Y = W @ col, y[chunk] = relu(Y + b); or
-    Winograd F(m x m, 3x3) where :func:`winograd_size`."""
+    Winograd F(m x m, r x r) where :func:`winograd_size`."""
     n, c, h, wd = x.shape
     m = winograd_size(x.shape, w.shape, stride, pad)
     if m:
@@ -509,7 +510,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     direct = kh == kw == 1 and stride == 1 and pad == 0
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
     # gx by Winograd: the masked gradient correlated with the filters turned around and
-    # transposed, w'[c, o] = w[o, c, ::-1, ::-1], the same "same" 3x3 convolution as forward.
+    # transposed, w'[c, o] = w[o, c, ::-1, ::-1], the same "same" convolution as forward.
     wino = winograd_size(x.shape, w.shape, stride, pad, "input") if need_x else 0
     if wino:
         u_t = winograd.filter_transform(np.ascontiguousarray(

@@ -288,6 +288,19 @@ def _direct_and_winograd(x, w, gy, sizes):
     return forward, backward, y, gx
 
 
+def _checked_layer(rng, name, n, c, o, h, k, sizes):
+    """(x, gy, float64 references, forward, backward) for a "same" k x k layer drawn from
+    ``rng``: the closures of :func:`_direct_and_winograd`, each already checked once."""
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    w = (rng.standard_normal((o, c, k, k)) / np.sqrt(k * k * c)).astype(np.float32)
+    gy = rng.standard_normal((n, o, h, h)).astype(np.float32)
+    refs = _float64_reference(x, w, gy)
+    forward, backward, y, gx = _direct_and_winograd(x, w, gy, sizes)
+    _check_all(forward, y, refs[0], name)
+    _check_all(backward, gx, refs[1], name)
+    return x, gy, refs, forward, backward
+
+
 def lab_winograd_5x5(n, repeat):
     """The 5x5 layers two ways, one image per call: im2col + GEMM (+ col2im) and
     F(4x4, 5x5), forward and input gradient, each checked against the plain float64
@@ -296,13 +309,7 @@ def lab_winograd_5x5(n, repeat):
     print(f"5x5 conv, ms for the batch:  forward{'direct':>9}{'F4':>7}"
           f"  | input grad{'direct':>7}{'F4':>7}")
     for name, c, o, h in WINOGRAD_5X5:
-        x = rng.standard_normal((n, c, h, h)).astype(np.float32)
-        w = (rng.standard_normal((o, c, 5, 5)) / np.sqrt(25 * c)).astype(np.float32)
-        gy = rng.standard_normal((n, o, h, h)).astype(np.float32)
-        refs = _float64_reference(x, w, gy)
-        forward, backward, y, gx = _direct_and_winograd(x, w, gy, (4,))
-        _check_all(forward, y, refs[0], name)
-        _check_all(backward, gx, refs[1], name)
+        *_, forward, backward = _checked_layer(rng, name, n, c, o, h, 5, (4,))
         times = [[_time(fn, repeat) * 1e3 for fn in fns] for fns in (forward, backward)]
         print(f"{name:<29}" + "".join(f"{t:>7.2f}" for t in times[0]) + " " * 14
               + "".join(f"{t:>7.2f}" for t in times[1]))
@@ -321,11 +328,7 @@ def lab_winograd(n, repeat):
     print(f"3x3 conv, ms for the batch:  forward{'direct':>9}{'F2':>7}{'F4':>7}"
           f"  | input grad{'direct':>7}{'F2':>7}{'F4':>7}  | weight grad{'direct':>7}{'F4':>7}")
     for name, c, o, h in WINOGRAD:
-        x = rng.standard_normal((n, c, h, h)).astype(np.float32)
-        w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
-        gy = rng.standard_normal((n, o, h, h)).astype(np.float32)
-        refs = _float64_reference(x, w, gy)
-        forward, backward, y, gx = _direct_and_winograd(x, w, gy, (2, 4))
+        x, gy, refs, forward, backward = _checked_layer(rng, name, n, c, o, h, 3, (2, 4))
         x3, gy3 = x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
         gw9, part = np.empty((o, c * 9), np.float32), np.empty((36, o, c), np.float32)
 
@@ -343,8 +346,6 @@ def lab_winograd(n, repeat):
                 total += part
             return winograd.filter_gradient(total)
 
-        _check_all(forward, y, refs[0], name)
-        _check_all(backward, gx, refs[1], name)
         for fn in (gw_direct, gw_f4):
             assert np.abs(fn() - refs[2]).max() <= 5e-5 * max(float(np.abs(refs[2]).max()), 1)
         times = [[_time(fn, repeat) * 1e3 for fn in fns]

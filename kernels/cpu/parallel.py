@@ -155,9 +155,10 @@ ONE_RUN_PER_THREAD_UP_TO = 4
 
 def runs(n: int) -> int:
     """How many runs a layer call on n images is dealt into: one per thread for batches of
-    at most ONE_RUN_PER_THREAD_UP_TO images per thread (batch 8 on two threads: whole
-    training steps 1.014x; fewer, larger GEMMs and partial weight gradients), else two per thread, so that a thread slowed down by another
-    process leaves part of its share to the others (batch 32 with one per thread: 0.97x)."""
+    at most ONE_RUN_PER_THREAD_UP_TO images per thread (fewer, larger GEMMs and partial
+    weight gradients; batch 8 on two threads: whole training steps 1.014x), else two per
+    thread, so that a thread slowed down by another process leaves part of its share to the
+    others (batch 32 with one per thread: 0.97x)."""
     return THREADS if n <= ONE_RUN_PER_THREAD_UP_TO * THREADS else 2 * THREADS
 
 
