@@ -349,6 +349,37 @@ def test_max_pool_kernels_on_googlenet_shapes(shape, s, p):
     assert_close(ours[1:], ref[1:], np.float32)
 
 
+@pytest.mark.parametrize("shape,s,p", [((2, 5, 14, 14), 1, 1), ((3, 4, 7, 7), 1, 1),
+                                       ((2, 3, 2, 3), 1, 1), ((1, 600, 9, 9), 1, 1),
+                                       ((2, 3, 112, 112), 2, 0), ((1, 3, 6, 14), 2, 0),
+                                       ((2, 5, 2, 2), 2, 0)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_flat_kernels_equal_the_plane_kernels(shape, s, p, ties):
+    """The whole-plane kernels (3x3/1 pad 1, 3x3/2 on even sides) against the plane-by-plane
+    kernel: the same maxima and winners, and for 3x3/1 the same gradient bit for bit (the
+    gather adds in the scatter's order). (1, 600, 9, 9) spans several blocks."""
+    from kernels.cpu import pool as P
+    rng = np.random.default_rng(5)
+    x = (rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    oh, ow = -(-(shape[2] + 2 * p - 3) // s) + 1, -(-(shape[3] + 2 * p - 3) // s) + 1
+    assert P._flat_kind(shape, 3, s, p, oh, ow) is not None
+    y, win = (np.empty(shape[:2] + (oh, ow), t) for t in (np.float32, np.uint8))
+    P.max_pool_forward(x, 3, s, p, y, win)
+    y2, win2 = P.max_pool2d(x, 3, s, p, oh, ow)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(win2, win)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    gx = np.empty(shape, np.float32)
+    P.max_pool_backward(gy, win, 3, s, p, gx)
+    np.testing.assert_array_equal(P.max_pool2d_backward(gy, win2, 3, s, p, shape), gx)
+    # a strided view of the input takes the same answers
+    wide = np.zeros(shape[:3] + (shape[3] + 3,), np.float32)
+    wide[..., 1:1 + shape[3]] = x
+    y3, win3 = P.max_pool2d(wide[..., 1:1 + shape[3]], 3, s, p, oh, ow)
+    np.testing.assert_array_equal(y3, y)
+    np.testing.assert_array_equal(win3, win)
+
+
 # -------------------------------------------------------------------------- LRN
 @FEW
 @given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 300), st.sampled_from([1, 3, 5, 7]),

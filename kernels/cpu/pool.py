@@ -5,15 +5,31 @@ Same semantics as ``layers.pooling`` (Caffe): windows of k x k with stride s sta
 ``oh*s - pad``; for max pooling, positions outside the input (padding and the extra
 rows/columns ceil mode reaches) count as -inf, taps are scanned in order t = i*k + j and the
 first maximum wins (strict ``>``), so ``winner`` (uint8, t < 256) is identical to the NumPy
-path's.
+path's (NaNs aside, and windows whose taps inside the input are all -inf: the NumPy path may
+then name a padding tap, these kernels the first tap inside).
 
-Max pooling's forward copies each plane into a -inf padded buffer laid out so that each row
-and column pass is one long loop, which vectorises: 2 (k - 1) passes for a k x k window
-instead of k^2 - 1 tap by tap (3x3, stride 1: 1.0-1.25x the tap-by-tap version it replaced).
-Backward: ``gx[window start + (t // k, t % k)] += gy`` for every output, plane by plane, in
-raster order of the outputs. Callers split the batch over threads by whole images
-(``parallel``), so overlapping windows (3x3/2, 3x3/1) need no atomics and the sum order is
-fixed.
+GoogLeNet's two geometries have kernels of their own that treat all the planes of a run of
+images as one flat array, in blocks of whole planes that stay in the L1 cache:
+
+* 3x3, stride 1, pad 1 (the inception blocks' pools): along rows,
+  ``hb[q] = max(x[q-1], x[q], x[q+1])``, then down columns,
+  ``y[q] = max(hb[q-W], hb[q], hb[q+W])``, each one long loop over the block; the first and
+  last column and row of each plane, where a tap falls outside, are then redone with their
+  taps inside only. So a winner is always a tap inside its plane, which backward relies on:
+  ``gx[p] = sum over taps t = 8..0 of gy[o] where winner[o] == t``, o = p minus t's
+  offset, one gather loop over the flat array in the raster order of the outputs (the
+  scatter's order: the same sums, bit for bit). Measured against the plane-by-plane kernels
+  below on 4 images, one thread: forward 1.7x (28x28) to 3.7x (7x7), backward 2.5-5x.
+* 3x3, stride 2, no pad, even H and W (pool1 to pool4, Caffe's ceil giving H/2): the row
+  pass reads ``x[2q .. 2q+2]`` over the block, the column pass output row by output row;
+  the last column and row of each plane have two taps. 1.1x (56x56) to 2.5x (112x112).
+
+Other geometries copy each plane into a -inf padded buffer laid out so that each row and
+column pass is one long loop, which vectorises: 2 (k - 1) passes for a k x k window instead of
+k^2 - 1 tap by tap. Backward: ``gx[window start + (t // k, t % k)] += gy`` for every output,
+plane by plane, in raster order of the outputs. Callers split the batch over threads by whole
+images (``parallel``), so overlapping windows (3x3/2, 3x3/1) need no atomics and the sum
+order is fixed.
 """
 from __future__ import annotations
 
@@ -184,22 +200,209 @@ def avg_pool_backward(gy, k, s, pad, dh, dw, gx):
                             row[xx * s - pad + j] += share
 
 
+# ------------------------------------------------------------------ whole planes at once
+# Elements per block: the block and its row pass (4 + 1 bytes each) stay in L1 (one thread,
+# 4 images of 3x3/1 pools: 2048-4096 1.7-3.7x the plane-by-plane kernel, 16384 1.35-3.35x).
+BLOCK = 4096
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _keep(v, t, cand, tc):
+    """(value, tap) after offering cand with tap tc: strictly greater wins."""
+    better = cand > v
+    return (cand if better else v), (tc if better else t)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def max_pool_3x3_same(x, y, winner, track):
+    """3x3 windows, stride 1, pad 1: x (N, C, H, W) C-contiguous, H, W >= 2 -> y and
+    winner (N, C, H, W), winner unwritten unless ``track``. Blocks of BLOCK elements
+    (whole planes): rows, row ends, columns, then each plane's first and last row."""
+    n, c, h, w = x.shape
+    hw = h * w
+    planes = n * c
+    xf = x.reshape(planes * hw)
+    yf = y.reshape(planes * hw)
+    wf = winner.reshape(winner.size)
+    per = max(1, BLOCK // hw)
+    hb = np.empty(per * hw, dtype=x.dtype)
+    ha = np.empty(per * hw, dtype=np.uint8)
+    W = u64(w)
+    for p0 in range(0, planes, per):
+        p1 = min(planes, p0 + per)
+        lo = u64(p0 * hw)
+        m = u64((p1 - p0) * hw)
+        for q in range(u64(1), m - u64(1)):
+            v, t = xf[lo + q - u64(1)], np.uint8(0)
+            v, t = _keep(v, t, xf[lo + q], np.uint8(1))
+            v, t = _keep(v, t, xf[lo + q + u64(1)], np.uint8(2))
+            hb[q] = v
+            ha[q] = t
+        for r in range((p1 - p0) * h):
+            q = u64(r * w)
+            v, t = _keep(xf[lo + q], np.uint8(1), xf[lo + q + u64(1)], np.uint8(2))
+            hb[q] = v
+            ha[q] = t
+            q = q + W - u64(1)
+            v, t = _keep(xf[lo + q - u64(1)], np.uint8(0), xf[lo + q], np.uint8(1))
+            hb[q] = v
+            ha[q] = t
+        for q in range(W, m - W):
+            v, t = hb[q - W], ha[q - W]
+            v, t = _keep(v, t, hb[q], ha[q] + np.uint8(3))
+            v, t = _keep(v, t, hb[q + W], ha[q + W] + np.uint8(6))
+            yf[lo + q] = v
+            if track:
+                wf[lo + q] = t
+        for pl in range(p1 - p0):
+            top = u64(pl * hw)
+            bottom = top + u64(hw) - W
+            for xx in range(W):
+                q = top + xx
+                v, t = _keep(hb[q], ha[q] + np.uint8(3), hb[q + W], ha[q + W] + np.uint8(6))
+                yf[lo + q] = v
+                if track:
+                    wf[lo + q] = t
+                q = bottom + xx
+                v, t = _keep(hb[q - W], ha[q - W], hb[q], ha[q] + np.uint8(3))
+                yf[lo + q] = v
+                if track:
+                    wf[lo + q] = t
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def max_pool_3x3_same_backward(gy, winner, gx):
+    """gx (N, C, H, W) = sum over taps t = 8..0 of gy[p - offset(t)] where that output's
+    winner is t (3x3, stride 1, pad 1; winners from :func:`max_pool_3x3_same`, all inside
+    the plane). The first and last W + 1 positions, whose outputs could lie outside the
+    array, check their bounds."""
+    n, c, h, w = gx.shape
+    L = n * c * h * w
+    gyf = gy.reshape(L)
+    wf = winner.reshape(L)
+    gxf = gx.reshape(L)
+    W = u64(w)
+    lo = min(L, w + 1)
+    hi = max(lo, L - w - 1)
+    zero = np.zeros(1, dtype=gx.dtype)[0]
+    for p in range(u64(lo), u64(hi)):
+        acc = zero
+        o = p - W + u64(1)
+        acc = acc + gyf[o - u64(2)] if wf[o - u64(2)] == 8 else acc
+        acc = acc + gyf[o - u64(1)] if wf[o - u64(1)] == 7 else acc
+        acc = acc + gyf[o] if wf[o] == 6 else acc
+        o = p + u64(1)
+        acc = acc + gyf[o - u64(2)] if wf[o - u64(2)] == 5 else acc
+        acc = acc + gyf[o - u64(1)] if wf[o - u64(1)] == 4 else acc
+        acc = acc + gyf[o] if wf[o] == 3 else acc
+        o = p + W + u64(1)
+        acc = acc + gyf[o - u64(2)] if wf[o - u64(2)] == 2 else acc
+        acc = acc + gyf[o - u64(1)] if wf[o - u64(1)] == 1 else acc
+        acc = acc + gyf[o] if wf[o] == 0 else acc
+        gxf[p] = acc
+    for p in range(lo):
+        gxf[p] = _gather_checked(gyf, wf, p, w, zero)
+    for p in range(hi, L):
+        gxf[p] = _gather_checked(gyf, wf, p, w, zero)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _gather_checked(gyf, wf, p, w, zero):
+    """:func:`max_pool_3x3_same_backward`'s sum for one position, outputs bounds-checked."""
+    acc = zero
+    for t in range(8, -1, -1):
+        o = p - ((t // 3) - 1) * w - ((t % 3) - 1)
+        if o >= 0 and o < gyf.size and wf[o] == t:
+            acc += gyf[o]
+    return acc
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def max_pool_3x3_half(x, y, winner, track):
+    """3x3 windows, stride 2, no pad: x (N, C, H, W) C-contiguous with H, W even -> y and
+    winner (N, C, H/2, W/2) (Caffe's ceil mode). The last column's and the last row's
+    windows reach one past the plane: two taps there."""
+    n, c, h, w = x.shape
+    oh, ow = h // 2, w // 2
+    hw = h * w
+    planes = n * c
+    xf = x.reshape(planes * hw)
+    yf = y.reshape(planes * oh * ow)
+    wf = winner.reshape(winner.size)
+    per = max(1, BLOCK // hw)
+    hb = np.empty(per * h * ow, dtype=x.dtype)
+    ha = np.empty(per * h * ow, dtype=np.uint8)
+    OW = u64(ow)
+    for p0 in range(0, planes, per):
+        p1 = min(planes, p0 + per)
+        lo = u64(p0 * hw)
+        m = u64((p1 - p0) * h * ow)
+        for q in range(m - u64(1)):
+            s0 = lo + u64(2) * q
+            v, t = xf[s0], np.uint8(0)
+            v, t = _keep(v, t, xf[s0 + u64(1)], np.uint8(1))
+            v, t = _keep(v, t, xf[s0 + u64(2)], np.uint8(2))
+            hb[q] = v
+            ha[q] = t
+        for r in range((p1 - p0) * h):
+            q = u64(r * ow) + OW - u64(1)
+            s0 = lo + u64(2) * q
+            v, t = _keep(xf[s0], np.uint8(0), xf[s0 + u64(1)], np.uint8(1))
+            hb[q] = v
+            ha[q] = t
+        out = u64(p0 * oh * ow)
+        for rr in range((p1 - p0) * oh):
+            r0 = u64(2 * rr) * OW
+            o0 = out + u64(rr) * OW
+            last = rr % oh == oh - 1
+            for xx in range(OW):
+                v, t = hb[r0 + xx], ha[r0 + xx]
+                v, t = _keep(v, t, hb[r0 + OW + xx], ha[r0 + OW + xx] + np.uint8(3))
+                if not last:
+                    v, t = _keep(v, t, hb[r0 + u64(2) * OW + xx],
+                                 ha[r0 + u64(2) * OW + xx] + np.uint8(6))
+                yf[o0 + xx] = v
+                if track:
+                    wf[o0 + xx] = t
+
+
 # ------------------------------------------------------------------ the whole batch
 def max_pool2d(x, k, s, pad, oh, ow, track=True):
     """(y, winner) (N, C, OH, OW) of x (N, C, H, W), images shared among the threads;
     winner is None unless ``track`` (only backward needs it)."""
     y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
     winner = np.empty(y.shape if track else (x.shape[0], 1, 1, 1), dtype=np.uint8)
-    parallel.over_images(x.shape[0], lambda i: max_pool_forward(x[i], k, s, pad, y[i],
-                                                                winner[i], track))
+    kind = _flat_kind(x.shape, k, s, pad, oh, ow)
+    if kind == "same":
+        x = np.ascontiguousarray(x)    # backward's gather needs the flat kernel's winners
+        fn = lambda i: max_pool_3x3_same(x[i], y[i], winner[i], track)   # noqa: E731
+    elif kind == "half" and x.flags.c_contiguous:
+        fn = lambda i: max_pool_3x3_half(x[i], y[i], winner[i], track)   # noqa: E731
+    else:
+        fn = lambda i: max_pool_forward(x[i], k, s, pad, y[i], winner[i], track)  # noqa: E731
+    parallel.over_images(x.shape[0], fn)
     return y, (winner if track else None)
+
+
+def _flat_kind(shape, k, s, pad, oh, ow):
+    """"same" (3x3/1, pad 1), "half" (3x3/2, no pad, even sides halved) or None."""
+    h, w = shape[2:]
+    if k == 3 and s == 1 and pad == 1 and h >= 2 and w >= 2:
+        return "same"
+    if k == 3 and s == 2 and pad == 0 and h % 2 == w % 2 == 0 and (oh, ow) == (h // 2, w // 2):
+        return "half"
+    return None
 
 
 def max_pool2d_backward(gy, winner, k, s, pad, x_shape):
     """gx (x_shape): gy scattered to each window's winning tap."""
     gx = np.empty(x_shape, dtype=gy.dtype)
-    parallel.over_images(gy.shape[0], lambda i: max_pool_backward(gy[i], winner[i], k, s, pad,
-                                                                  gx[i]))
+    if _flat_kind(x_shape, k, s, pad, *gy.shape[2:]) == "same":
+        gy = np.ascontiguousarray(gy)
+        fn = lambda i: max_pool_3x3_same_backward(gy[i], winner[i], gx[i])  # noqa: E731
+    else:
+        fn = lambda i: max_pool_backward(gy[i], winner[i], k, s, pad, gx[i])  # noqa: E731
+    parallel.over_images(gy.shape[0], fn)
     return gx
 
 
