@@ -8,7 +8,7 @@ against the plain NumPy path, then timed on GoogLeNet's shapes.
 Version 1 of each kernel is the direct transcription: per-element signed indexing
 (``col[r, base + q] = x[n, c, hh, ww] if inside else 0``), one window scanned tap by tap per
 output, LRN per element in float64 with ``pow``, under Numba's default ``error_model``.
-Version 2 is what ``kernels.cpu`` runs. What changed (timings: ``docs/performance_cpu.md``):
+Version 2 is what ``kernels.cpu`` runs (version 3 for max pooling). What changed (timings: ``docs/performance_cpu.md``):
 
 * ``error_model="numpy"``: Python's error model checks every float division for zero,
   which keeps loops with a division scalar;
@@ -20,7 +20,9 @@ Version 2 is what ``kernels.cpu`` runs. What changed (timings: ``docs/performanc
   promoted version, row by row with its own edge zeroing, totalled 13.4 ms here at batch
   8 against 9.9 ms);
 * max pooling over -inf padded planes, one long loop per row and column pass (the stride
-  a compile-time constant), instead of window by window;
+  a compile-time constant), instead of window by window; version 3 (max pooling only, what
+  ``kernels.cpu`` runs for GoogLeNet's 3x3/1 and 3x3/2 pools): the whole flat array of a
+  run's planes in blocks, its borders redone, and for 3x3/1 a gather backward;
 * LRN by blocks of pixels, channel by channel, in the data's dtype, ``s ** 0.75`` as
   ``sqrt(s) * sqrt(sqrt(s))``.
 
@@ -165,32 +167,51 @@ def lab_im2col(n, repeat):
     print(_row("total", total))
 
 
+def _pool_v3(s):
+    """Version 3 of max pooling: the whole-plane kernels of GoogLeNet's two geometries
+    (``pool._flat_kind``); the 3x3/2 backward stays the scatter (version 2)."""
+    if s == 1:
+        return (lambda x, k, s_, p, y, wn: pool.max_pool_3x3_same(x, y, wn, True),
+                lambda gy, wn, k, s_, p, gx: pool.max_pool_3x3_same_backward(gy, wn, gx))
+    return (lambda x, k, s_, p, y, wn: pool.max_pool_3x3_half(x, y, wn, True),
+            pool.max_pool_backward)
+
+
 def lab_pool(n, repeat):
-    print(f"max pool forward | backward (ms)   {'v1':>10}{'v2':>10}  v1/v2")
+    print(f"max pool forward | backward (ms)   {'v1':>10}{'v2':>10}{'v3':>10}  v1/v3")
     rng = np.random.default_rng(1)
     from layers.pooling import MaxPool2dFunction
-    totals = [[0.0, 0.0], [0.0, 0.0]]
+    totals = [[0.0] * 3, [0.0] * 3]
     for name, c, h, s, p in POOLS:
         x = rng.standard_normal((n, c, h, h)).astype(np.float32)
         oh = caffe.pooled_size(h, 3, s, p)
+        assert pool._flat_kind(x.shape, 3, s, p, oh, oh), name
+        forward_v3, backward_v3 = _pool_v3(s)
         ref = MaxPool2dFunction(3, s, p)
         with dispatch.use("plain"):
             y_ref = ref.forward(x)
         outs = []
-        for fn in (max_pool_forward_v1, pool.max_pool_forward):
+        for fn in (max_pool_forward_v1, pool.max_pool_forward, forward_v3):
             y, wn = np.empty((n, c, oh, oh), np.float32), np.empty((n, c, oh, oh), np.uint8)
             fn(x, 3, s, p, y, wn)
             assert np.array_equal(y, y_ref) and np.array_equal(wn, ref.winner), name
             outs.append((y, wn))
         fwd = [_time(lambda f=fn, o=o: f(x, 3, s, p, *o), repeat)
-               for fn, o in zip((max_pool_forward_v1, pool.max_pool_forward), outs)]
-        gx = np.empty_like(x)
+               for fn, o in zip((max_pool_forward_v1, pool.max_pool_forward, forward_v3), outs)]
         y, wn = outs[1]
-        bwd = [_time(lambda f=fn: f(y, wn, 3, s, p, gx), repeat)
-               for fn in (max_pool_backward_v1, pool.max_pool_backward)]
+        with dispatch.use("plain"):
+            gx_ref = ref.backward(y)
+        grads = [np.empty_like(x) for _ in range(3)]
+        for fn, gx in zip((max_pool_backward_v1, pool.max_pool_backward, backward_v3), grads):
+            fn(y, wn, 3, s, p, gx)
+            assert np.allclose(gx, gx_ref, atol=1e-5), name
+        assert np.array_equal(grads[2], grads[1]), name     # the scatter's sums, bit for bit
+        bwd = [_time(lambda f=fn, gx=gx: f(y, wn, 3, s, p, gx), repeat)
+               for fn, gx in zip((max_pool_backward_v1, pool.max_pool_backward, backward_v3),
+                                 grads)]
         for tot, t in zip(totals, (fwd, bwd)):
-            tot[0] += t[0]
-            tot[1] += t[1]
+            for i in range(3):
+                tot[i] += t[i]
         print(_row(name, fwd) + "  |" + _row("", bwd)[10:])
     print(_row("total", totals[0]) + "  |" + _row("", totals[1])[10:])
 
