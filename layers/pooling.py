@@ -13,8 +13,9 @@ padded input covering every output pixel (see ``im2col.tap_slice``).
   spreads ``gy / divisor`` over every tap.
 
 That is the plain path (NumPy or CuPy). On NumPy arrays ``layers.dispatch`` normally picks
-the Numba kernels of ``kernels.cpu.pool`` instead: max pooling's maximum and winning tap over
--inf padded planes and a backward that scatters ``gy`` to the winners plane by plane;
+the Numba kernels of ``kernels.cpu.pool`` instead: max pooling's maximum and winning tap in
+long loops over the planes (GoogLeNet's 3x3/1 and 3x3/2 windows over all planes of a run at
+once, other windows plane by plane) and a backward that sends ``gy`` to the winners;
 average pooling window by window. Same winners, same maths.
 """
 from __future__ import annotations

@@ -11,8 +11,9 @@ the batch out over the threads. Modules:
   epilogue and prologue of the GEMMs;
 * ``winograd``  -- Winograd F(2x2, 3x3), F(4x4, 3x3) and F(4x4, 5x5) transforms, for the 3x3
   and 5x5 convolutions where faster;
-* ``pool``      -- max pooling (maximum and winning tap over -inf padded planes; backward by
-  scatter, plane by plane) and average pooling;
+* ``pool``      -- max pooling (maximum and winning tap; GoogLeNet's 3x3/1 and 3x3/2 pools
+  over all of a run's planes at once, with a gather backward for 3x3/1; other windows
+  plane by plane over -inf padded planes, backward by scatter) and average pooling;
 * ``lrn``       -- cross-channel LRN forward and backward in one pass each;
 * ``sgd``       -- ``engine.SGD``'s and ``engine.Adam``'s updates in one pass per parameter;
 * ``loops``     -- the copy/add/zero loops they share (unsigned indices, so they vectorise);
