@@ -380,6 +380,26 @@ def test_max_pool_flat_kernels_equal_the_plane_kernels(shape, s, p, ties):
     np.testing.assert_array_equal(win3, win)
 
 
+@pytest.mark.parametrize("s,p", [(1, 1), (2, 0)])
+def test_max_pool_flat_kernels_pick_a_tap_inside_when_all_are_minus_inf(s, p):
+    """Windows whose taps inside the input are all -inf: the output is -inf as on the plain
+    path, the winner is a tap inside the plane (the documented difference: the plain path
+    may name a padding tap, whose gradient is dropped), so no gradient is lost."""
+    from kernels.cpu import pool as P
+    x = np.full((2, 3, 6, 6), -np.inf, np.float32)
+    x[1, 2] = np.random.default_rng(0).standard_normal((6, 6))
+    oh = -(-(6 + 2 * p - 3) // s) + 1
+    y, win = P.max_pool2d(x, 3, s, p, oh, oh)
+    with kernels(False):
+        np.testing.assert_array_equal(y, L.max_pool2d(x, 3, s, p).data)
+    rows = np.arange(oh)[:, None] * s - p + win // 3
+    cols = np.arange(oh)[None, :] * s - p + win % 3
+    assert ((rows >= 0) & (rows < 6) & (cols >= 0) & (cols < 6)).all()
+    gy = np.ones(y.shape, np.float32)
+    gx = P.max_pool2d_backward(gy, win, 3, s, p, x.shape)
+    np.testing.assert_array_equal(gx.sum(axis=(2, 3)), gy.sum(axis=(2, 3)))
+
+
 # -------------------------------------------------------------------------- LRN
 @FEW
 @given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 300), st.sampled_from([1, 3, 5, 7]),
