@@ -167,14 +167,14 @@ def lab_im2col(n, repeat):
     print(_row("total", total))
 
 
-def _pool_v3(s):
-    """Version 3 of max pooling: the whole-plane kernels of GoogLeNet's two geometries
-    (``pool._flat_kind``); the 3x3/2 backward stays the scatter (version 2)."""
-    if s == 1:
-        return (lambda x, k, s_, p, y, wn: pool.max_pool_3x3_same(x, y, wn, True),
-                lambda gy, wn, k, s_, p, gx: pool.max_pool_3x3_same_backward(gy, wn, gx))
-    return (lambda x, k, s_, p, y, wn: pool.max_pool_3x3_half(x, y, wn, True),
-            pool.max_pool_backward)
+def _pool_v3(kind):
+    """Version 3 of max pooling, the forward and backward ``kernels.cpu`` runs for GoogLeNet's
+    two geometries (``pool.FLAT_KERNELS``; 3x3/2 backward: version 2's scatter), in version
+    1's signatures."""
+    forward, backward = pool.FLAT_KERNELS[kind]
+    return (lambda x, k, s, p, y, wn: forward(x, y, wn, True),
+            pool.max_pool_backward if backward is None
+            else lambda gy, wn, k, s, p, gx: backward(gy, wn, gx))
 
 
 def lab_pool(n, repeat):
@@ -185,8 +185,9 @@ def lab_pool(n, repeat):
     for name, c, h, s, p in POOLS:
         x = rng.standard_normal((n, c, h, h)).astype(np.float32)
         oh = caffe.pooled_size(h, 3, s, p)
-        assert pool._flat_kind(x.shape, 3, s, p, oh, oh), name
-        forward_v3, backward_v3 = _pool_v3(s)
+        kind = pool._flat_kind(x.shape, 3, s, p, oh, oh)
+        assert kind, name
+        forward_v3, backward_v3 = _pool_v3(kind)
         ref = MaxPool2dFunction(3, s, p)
         with dispatch.use("plain"):
             y_ref = ref.forward(x)

@@ -366,6 +366,11 @@ def max_pool_3x3_half(x, y, winner, track):
                     wf[o0 + xx] = t
 
 
+# By ``_flat_kind``: (forward, backward); 3x3/2 goes backward by the scatter.
+FLAT_KERNELS = {"same": (max_pool_3x3_same, max_pool_3x3_same_backward),
+                "half": (max_pool_3x3_half, None)}
+
+
 # ------------------------------------------------------------------ the whole batch
 def max_pool2d(x, k, s, pad, oh, ow, track=True):
     """(y, winner) (N, C, OH, OW) of x (N, C, H, W), images shared among the threads;
@@ -373,11 +378,10 @@ def max_pool2d(x, k, s, pad, oh, ow, track=True):
     y = np.empty(x.shape[:2] + (oh, ow), dtype=x.dtype)
     winner = np.empty(y.shape if track else (x.shape[0], 1, 1, 1), dtype=np.uint8)
     kind = _flat_kind(x.shape, k, s, pad, oh, ow)
-    if kind == "same":
-        x = np.ascontiguousarray(x)    # backward's gather needs the flat kernel's winners
-        fn = lambda i: max_pool_3x3_same(x[i], y[i], winner[i], track)   # noqa: E731
-    elif kind == "half" and x.flags.c_contiguous:
-        fn = lambda i: max_pool_3x3_half(x[i], y[i], winner[i], track)   # noqa: E731
+    if kind:
+        flat = FLAT_KERNELS[kind][0]
+        x = np.ascontiguousarray(x)    # one flat array (the 3x3/1 backward needs its winners)
+        fn = lambda i: flat(x[i], y[i], winner[i], track)                 # noqa: E731
     else:
         fn = lambda i: max_pool_forward(x[i], k, s, pad, y[i], winner[i], track)  # noqa: E731
     parallel.over_images(x.shape[0], fn)
@@ -395,11 +399,14 @@ def _flat_kind(shape, k, s, pad, oh, ow):
 
 
 def max_pool2d_backward(gy, winner, k, s, pad, x_shape):
-    """gx (x_shape): gy scattered to each window's winning tap."""
+    """gx (x_shape): gy sent to each window's winning tap (gathered for 3x3/1, else
+    scattered)."""
     gx = np.empty(x_shape, dtype=gy.dtype)
-    if _flat_kind(x_shape, k, s, pad, *gy.shape[2:]) == "same":
+    kind = _flat_kind(x_shape, k, s, pad, *gy.shape[2:])
+    gather = FLAT_KERNELS[kind][1] if kind else None
+    if gather is not None:
         gy = np.ascontiguousarray(gy)
-        fn = lambda i: max_pool_3x3_same_backward(gy[i], winner[i], gx[i])  # noqa: E731
+        fn = lambda i: gather(gy[i], winner[i], gx[i])                    # noqa: E731
     else:
         fn = lambda i: max_pool_backward(gy[i], winner[i], k, s, pad, gx[i])  # noqa: E731
     parallel.over_images(gy.shape[0], fn)
