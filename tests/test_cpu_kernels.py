@@ -167,7 +167,7 @@ def test_conv_impl_plain_forces_the_numpy_path(monkeypatch):
 
 
 # Winograd F(2x2, 3x3), F(4x4, 3x3) and F(4x4, 5x5), forward and input gradient (and
-# F(4x4, 3x3)'s weight gradient), against the plain path in float64. Their float32 errors on
+# the F(4x4, .) weight gradients), against the plain path in float64. Their float32 errors on
 # GoogLeNet's shapes are about 5e-7, up to 4e-6 and up to 6e-6 of the output's scale; 5e-5
 # is the stated bound.
 WINOGRAD_TOL = {np.float32: 5e-5, np.float64: 1e-12}
@@ -180,7 +180,8 @@ WINOGRAD_TOL = {np.float32: 5e-5, np.float64: 1e-12}
 def test_winograd_matches_the_direct_convolution(monkeypatch, mr, n, c, o, h, w, relu, bias,
                                                   dtype, seed):
     """F(m x m, r x r) on every map size from 1x1 (tiles mostly outside the map) to 13x13,
-    odd and even (5x5: forward and input gradient; its weight gradient stays direct)."""
+    odd and even (F(2x2, 3x3): forward and input gradient; the F(4x4, .) weight
+    gradients too)."""
     from kernels.cpu import winograd
     m, r = mr
     monkeypatch.setattr(winograd, "choose", lambda *a: m)     # on every shape drawn
@@ -220,7 +221,7 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     assert size((8, 128, 28, 28), (192, 128, 3, 3), 2, 1) == 0               # stride 2
     assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 2) == 4                  # 5x5, 28x28
     assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 2, "input") == 4
-    assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 2, "weights") == 0
+    assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 2, "weights") == 4
     assert size((8, 32, 14, 14), (128, 32, 5, 5), 1, 2) == 0                 # 5x5, 14x14
     assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 1) == 0                  # not "same"
     for shape, m in (((2, 64, 16, 16), 4), ((2, 64, 14, 14), 2)):
@@ -818,6 +819,26 @@ def test_winograd_transforms_compute_the_correlation_of_one_tile(mr):
     padded = np.pad(d[0, 0], r // 2)
     ref = [[(padded[i:i + r, j:j + r] * g[0, 0]).sum() for j in range(m)] for i in range(m)]
     np.testing.assert_allclose(y.reshape(m, m), ref, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("r", [3, 5])
+def test_winograd_weight_gradient_of_one_tile_is_the_correlations(r):
+    """The gradient transform, the products summed over the tile and G^T . G of F(4x4, r x r)
+    give the weight gradient of one 4x4 map from the definition:
+    gW[i, j] = sum over p, q of gY[p, q] * padded x[p + i, q + j]."""
+    from kernels.cpu import conv, winograd
+    rng = np.random.default_rng(11)
+    c, o = 3, 2
+    x = rng.standard_normal((1, c, 16))
+    gy = rng.standard_normal((1, o, 16))
+    total = np.empty(((3 + r) ** 2, o, c))
+    conv._winograd_weights_chunk(x, 0, gy, 4, 4, 1, total)
+    gw = winograd.filter_gradient(total)
+    padded = np.pad(x.reshape(c, 4, 4), ((0, 0), (r // 2, r // 2), (r // 2, r // 2)))
+    e = gy.reshape(o, 4, 4)
+    ref = np.array([[[[(e[oi] * padded[ci, i:i + 4, j:j + 4]).sum() for j in range(r)]
+                      for i in range(r)] for ci in range(c)] for oi in range(o)])
+    np.testing.assert_allclose(gw, ref, rtol=1e-12, atol=1e-12)
 
 
 _FREED_RSS = """

@@ -421,18 +421,18 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
 
 
 def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out):
-    """out (36, O, C) = sum over the tiles of images n0 .. n0+g-1 of Z[k] V[k]^T, by
-    F(4x4, 3x3): V the input transform of x3 (N, C, H*W), Z the gradient transform of
-    gy_images (g, O, H*W), the masked output gradient; :func:`winograd.filter_gradient` of
-    the sum over chunks is gW."""
-    c, o = x3.shape[1], gy_images.shape[1]
-    k = winograd.constants(out.dtype)
+    """out ((4+r-1)^2, O, C) = sum over the tiles of images n0 .. n0+g-1 of Z[k] V[k]^T, by
+    F(4x4, r x r) (r = 3 or 5, from out's first dimension, 36 or 64): V the input transform
+    of x3 (N, C, H*W), Z the gradient transform of gy_images (g, O, H*W), the masked output
+    gradient; :func:`winograd.filter_gradient` of the sum over chunks is gW."""
+    count, o, c = out.shape
+    k = winograd.constants(out.dtype, count)
     nt = g * winograd.tiles(h, w, 4)
-    v = _stack("wino_v", 36, c, nt, out.dtype)
-    z = _stack("wino_z", 36, o, nt, out.dtype)
-    winograd.input_transform_f4(x3, n0, h, w, k, v)
-    winograd.gradient_transform_f4(gy_images, 0, h, w, k, z)
-    np.matmul(z, v.transpose(0, 2, 1), out=out)        # 36 GEMMs (O, tiles) @ (tiles, C)
+    v = _stack("wino_v", count, c, nt, out.dtype)
+    z = _stack("wino_z", count, o, nt, out.dtype)
+    winograd.TRANSFORMS[count][0](x3, n0, h, w, k, v)
+    winograd.GRADIENT_TRANSFORMS[count](gy_images, 0, h, w, k, z)
+    np.matmul(z, v.transpose(0, 2, 1), out=out)     # count GEMMs (O, tiles) @ (tiles, C)
 
 
 def conv2d(x, w, b, stride, pad, relu):
@@ -516,9 +516,10 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         u_t = winograd.filter_transform(np.ascontiguousarray(
             w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), wino)
         gx3 = gx.reshape(n, c, p)
-    # gW by F(4x4, 3x3): each run sums the chunks' transformed products (36, O, C) instead.
-    wino_w = need_w and kh == 3 and winograd_size(x.shape, w.shape, stride, pad, "weights") == 4
-    gw_shape = (36, o, c) if wino_w else (o, ck)
+    # gW by F(4x4, 3x3) or F(4x4, 5x5): each run sums the chunks' transformed products
+    # ((4+r-1)^2, O, C) instead.
+    wino_w = need_w and winograd_size(x.shape, w.shape, stride, pad, "weights") == 4
+    gw_shape = ((3 + kh) ** 2, o, c) if wino_w else (o, ck)
     x3 = x.reshape(n, c, h * wd) if wino_w else None
 
     # conv1's kind (a large map, no input gradient): gW and gb band by band (BAND_COLUMNS),

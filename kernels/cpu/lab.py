@@ -323,18 +323,47 @@ def _checked_layer(rng, name, n, c, o, h, k, sizes):
     return x, gy, refs, forward, backward
 
 
+def _weight_gradients(x, gy, refs, k):
+    """(im2col + GEMM, F(4x4, k x k)) closures for a "same" k x k layer's weight gradient,
+    one image per call, each checked against the float64 reference first."""
+    n, c, h = x.shape[:3]
+    o, count = gy.shape[1], (3 + k) ** 2
+    x3, gy3 = x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
+    gw2, part = np.empty((o, c * k * k), np.float32), np.empty((count, o, c), np.float32)
+
+    def gw_direct():
+        total = np.zeros((o, c * k * k), np.float32)
+        for i in range(n):
+            np.matmul(gy3[i], conv.columns(x, i, 1, k, k, 1, k // 2, h, h).T, out=gw2)
+            total += gw2
+        return total.reshape(o, c, k, k)
+
+    def gw_f4():
+        total = np.zeros((count, o, c), np.float32)
+        for i in range(n):
+            conv._winograd_weights_chunk(x3, i, gy3[i:i + 1], h, h, 1, part)
+            total += part
+        return winograd.filter_gradient(total)
+
+    for fn in (gw_direct, gw_f4):
+        assert np.abs(fn() - refs[2]).max() <= 5e-5 * max(float(np.abs(refs[2]).max()), 1)
+    return gw_direct, gw_f4
+
+
 def lab_winograd_5x5(n, repeat):
     """The 5x5 layers two ways, one image per call: im2col + GEMM (+ col2im) and
-    F(4x4, 5x5), forward and input gradient, each checked against the plain float64
-    convolution first (the weight gradient is im2col + GEMM either way)."""
+    F(4x4, 5x5), forward, input gradient and weight gradient, each checked against the
+    plain float64 convolution first."""
     rng = np.random.default_rng(4)
     print(f"5x5 conv, ms for the batch:  forward{'direct':>9}{'F4':>7}"
-          f"  | input grad{'direct':>7}{'F4':>7}")
+          f"  | input grad{'direct':>7}{'F4':>7}  | weight grad{'direct':>7}{'F4':>7}")
     for name, c, o, h in WINOGRAD_5X5:
-        *_, forward, backward = _checked_layer(rng, name, n, c, o, h, 5, (4,))
-        times = [[_time(fn, repeat) * 1e3 for fn in fns] for fns in (forward, backward)]
+        x, gy, refs, forward, backward = _checked_layer(rng, name, n, c, o, h, 5, (4,))
+        times = [[_time(fn, repeat) * 1e3 for fn in fns]
+                 for fns in (forward, backward, _weight_gradients(x, gy, refs, 5))]
         print(f"{name:<29}" + "".join(f"{t:>7.2f}" for t in times[0]) + " " * 14
-              + "".join(f"{t:>7.2f}" for t in times[1]))
+              + "".join(f"{t:>7.2f}" for t in times[1]) + " " * 15
+              + "".join(f"{t:>7.2f}" for t in times[2]))
 
 
 def lab_winograd(n, repeat):
@@ -351,27 +380,8 @@ def lab_winograd(n, repeat):
           f"  | input grad{'direct':>7}{'F2':>7}{'F4':>7}  | weight grad{'direct':>7}{'F4':>7}")
     for name, c, o, h in WINOGRAD:
         x, gy, refs, forward, backward = _checked_layer(rng, name, n, c, o, h, 3, (2, 4))
-        x3, gy3 = x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
-        gw9, part = np.empty((o, c * 9), np.float32), np.empty((36, o, c), np.float32)
-
-        def gw_direct():
-            total = np.zeros((o, c * 9), np.float32)
-            for i in range(n):
-                np.matmul(gy3[i], conv.columns(x, i, 1, 3, 3, 1, 1, h, h).T, out=gw9)
-                total += gw9
-            return total.reshape(o, c, 3, 3)
-
-        def gw_f4():
-            total = np.zeros((36, o, c), np.float32)
-            for i in range(n):
-                conv._winograd_weights_chunk(x3, i, gy3[i:i + 1], h, h, 1, part)
-                total += part
-            return winograd.filter_gradient(total)
-
-        for fn in (gw_direct, gw_f4):
-            assert np.abs(fn() - refs[2]).max() <= 5e-5 * max(float(np.abs(refs[2]).max()), 1)
         times = [[_time(fn, repeat) * 1e3 for fn in fns]
-                 for fns in (forward, backward, (gw_direct, gw_f4))]
+                 for fns in (forward, backward, _weight_gradients(x, gy, refs, 3))]
         print(f"{name:<29}" + "".join(f"{t:>7.2f}" for t in times[0]) + " " * 14
               + "".join(f"{t:>7.2f}" for t in times[1]) + " " * 15
               + "".join(f"{t:>7.2f}" for t in times[2]))

@@ -38,7 +38,8 @@ m x m tile e of the (masked) output gradient, Z = A e A^T, and
     gW = G^T [sum over tiles and images of Z * (B^T d B)] G
 
 which is again (m+2)^2 GEMMs, (O, T) @ (T, C), summed over the chunks, then one small
-GEMM for G^T . G (:func:`gradient_transform_f4`, :func:`filter_gradient`). The input
+GEMM for G^T . G (:func:`gradient_transform_f4`, :func:`gradient_transform_f45`,
+:func:`filter_gradient`). The input
 gradient is the forward's computation applied to the output gradient with the filters
 turned around and transposed.
 
@@ -46,9 +47,9 @@ turned around and transposed.
   where the direct convolution does 25), 8x8 tiles every 4 pixels, interpolation points 0,
   +-1, +-2, +-1/2 and infinity (those of F(6x6, 3x3)). G is 8x5, A^T 4x8, B^T 8x8 (written
   out at ``_G45``, ``_AT45``, ``_BT45``; the kernels :func:`_bt8` and :func:`_at8` apply
-  B^T and A^T with their rows paired into even and odd parts). Forward and input gradient;
-  the weight gradient stays im2col + GEMM (GoogLeNet's 5x5 layers have 16 to 48 input
-  channels: their weight-gradient GEMMs are small already).
+  B^T and A^T with their rows paired into even and odd parts). Forward, input gradient and
+  weight gradient (Z = A e A^T with A 8x4, :func:`_a8`; 64 GEMMs (O, T) @ (T, C) per chunk
+  where im2col + GEMM multiplies 25 times per pixel and channel pair).
 
 The rounding differs from the direct sum's: the transforms add and subtract many inputs at a
 time (F(4x4, 3x3) with multipliers up to 25 in B^T d B and 64 in A^T M A), so the float32
@@ -88,10 +89,13 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward", k: int = 3) -
     * im2col + GEMM on smaller maps (GoogLeNet's 7x7: few tiles per chunk for all of U;
       0.6-0.7x) and few channels.
 
-    5x5 layers (``k = 5``): F(4x4, 5x5) for the forward and the input gradient on maps of
-    FIVE_BY_FIVE_MIN and up; their weight gradient stays im2col + GEMM."""
+    5x5 layers (``k = 5``): F(4x4, 5x5) in all three phases on maps of FIVE_BY_FIVE_MIN
+    and up. The weight gradient this way, two threads, inception 3b's 5x5 layer: 1.3x
+    (batch 8) and 1.4x (batch 32) its whole backward by im2col + GEMM; whole steps 1.011x
+    (batch 8, 24 pairs) and 1.003x (batch 32). On 14x14 maps 0.87-1.09x, on 7x7
+    0.74-1.0x."""
     if k == 5:
-        return 4 if phase != "weights" and min(h, w) >= FIVE_BY_FIVE_MIN else 0
+        return 4 if min(h, w) >= FIVE_BY_FIVE_MIN else 0
     if min(h, w) >= 16:
         return 4
     if phase == "forward" and min(h, w) >= 14 and min(c, o) >= 64:
@@ -127,7 +131,9 @@ _BT45 = np.array([[-1, 0, 21 / 4, 0, -21 / 4, 0, 1, 0],
                   [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0],
                   [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]])
 # 5x5 layers take F(4x4, 5x5) on maps at least this large (GoogLeNet's 28x28; on 14x14,
-# inception 4a-4e, whole steps measured 1.000x at batch 8 and 0.989x at batch 32).
+# inception 4a-4e, whole steps measured 1.000x at batch 8 and 0.989x at batch 32 for the
+# forward and input gradient, and the backward with the weight gradient this way
+# 0.87-1.09x).
 FIVE_BY_FIVE_MIN = 16
 
 # by the number of transformed values per tile, (m+r-1)^2: F(2x2, 3x3), F(4x4, 3x3),
@@ -149,12 +155,13 @@ def filter_transform(w, m: int):
 
 
 def filter_gradient(m):
-    """gW (O, C, 3, 3) from M ((m+2)^2, O, C), the weight gradient's transformed sum: the
+    """gW (O, C, r, r) from M ((m+r-1)^2, O, C), the weight gradient's transformed sum: the
     adjoint of :func:`filter_transform`, gW[o, c] = G^T M[:, o, c] G, one GEMM
-    M.reshape((m+2)^2, O*C).T @ (G (x) G), rows shared among the threads."""
+    M.reshape((m+r-1)^2, O*C).T @ (G (x) G), rows shared among the threads."""
     count, o, c = m.shape
     gg = _GG[count]
-    return arrays.matmul(m.reshape(count, o * c).T, gg.astype(m.dtype)).reshape(o, c, 3, 3)
+    r = {9: 3, 25: 5}[gg.shape[1]]
+    return arrays.matmul(m.reshape(count, o * c).T, gg.astype(m.dtype)).reshape(o, c, r, r)
 
 
 def tile_size(u) -> int:
@@ -179,6 +186,14 @@ def constants(dtype, count=36):
     return np.array([2, 4, 5, 8], dtype=dtype)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _load_plane(buf, pad, src, h, w):
+    """buf[pad + y, pad : pad + W] = row y of the H x W plane src (flat, H*W): the transforms
+    read their tiles from a buffer whose border (and whatever lies past the map) stays 0."""
+    for yy in range(h):
+        copy(buf[yy + pad], pad, src, yy * w, w)
+
+
 # ------------------------------------------------------------------ F(2x2, 3x3)
 @njit(cache=True, nogil=True, error_model="numpy")
 def input_transform_f2(x3, n0, h, w, k, v):
@@ -194,8 +209,7 @@ def input_transform_f2(x3, n0, h, w, k, v):
     for gi in range(g):
         for ci in range(c):
             src = x3[n0 + gi, ci]
-            for yy in range(h):
-                copy(buf[yy + 1], 1, src, yy * w, w)
+            _load_plane(buf, 1, src, h, w)
             t0 = gi * nt
             for ty in range(th):
                 r0, r1, r2, r3 = buf[2 * ty], buf[2 * ty + 1], buf[2 * ty + 2], buf[2 * ty + 3]
@@ -294,8 +308,7 @@ def input_transform_f4(x3, n0, h, w, k, v):
     for gi in range(g):
         for ci in range(c):
             src = x3[n0 + gi, ci]
-            for yy in range(h):
-                copy(buf[yy + 1], 1, src, yy * w, w)
+            _load_plane(buf, 1, src, h, w)
             for ty in range(th):
                 r0, r1, r2 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2]
                 r3, r4, r5 = buf[4 * ty + 3], buf[4 * ty + 4], buf[4 * ty + 5]
@@ -340,8 +353,7 @@ def gradient_transform_f4(g3, n0, h, w, k, u):
     for gi in range(g):
         for oi in range(o_):
             src = g3[n0 + gi, oi]
-            for yy in range(h):
-                copy(buf[yy], 0, src, yy * w, w)
+            _load_plane(buf, 0, src, h, w)
             for ty in range(th):
                 r0, r1, r2, r3 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2], buf[4 * ty + 3]
                 for q in range(u64(wp)):
@@ -433,6 +445,14 @@ def _at8(e0, e1, e2, e3, e4, e5, e6, e7, k):
             q1 + k[9] * q2 + k[10] * q3 + e7)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _rows8(v, a, i):
+    """Row i of the eight matrices v[8a] .. v[8a + 7]: where row a of an 8x8 transformed tile
+    goes (its eight values, one per matrix)."""
+    return (v[8 * a, i], v[8 * a + 1, i], v[8 * a + 2, i], v[8 * a + 3, i], v[8 * a + 4, i],
+            v[8 * a + 5, i], v[8 * a + 6, i], v[8 * a + 7, i])
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def input_transform_f45(x3, n0, h, w, k, v):
     """F(4x4, 5x5): V (64, C, g*TH*TW) = B^T d B for every 8x8 tile d of images
@@ -449,8 +469,7 @@ def input_transform_f45(x3, n0, h, w, k, v):
     for gi in range(g):
         for ci in range(c):
             src = x3[n0 + gi, ci]
-            for yy in range(h):
-                copy(buf[yy + 2], 2, src, yy * w, w)
+            _load_plane(buf, 2, src, h, w)
             for ty in range(th):
                 r0, r1, r2, r3 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2], buf[4 * ty + 3]
                 r4, r5, r6, r7 = buf[4 * ty + 4], buf[4 * ty + 5], buf[4 * ty + 6], buf[4 * ty + 7]
@@ -460,8 +479,7 @@ def input_transform_f45(x3, n0, h, w, k, v):
                 t0 = u64(gi * nt + ty * tw)
                 for a in range(8):
                     sa = s[a]
-                    va0, va1, va2, va3 = v[8 * a, ci], v[8 * a + 1, ci], v[8 * a + 2, ci], v[8 * a + 3, ci]
-                    va4, va5, va6, va7 = v[8 * a + 4, ci], v[8 * a + 5, ci], v[8 * a + 6, ci], v[8 * a + 7, ci]
+                    va0, va1, va2, va3, va4, va5, va6, va7 = _rows8(v, a, ci)
                     for tx in range(u64(tw)):
                         j = 4 * tx
                         t = t0 + tx
@@ -503,8 +521,53 @@ def output_transform_f45(m, bias, has_bias, relu, k, n0, h, w, y3):
                 _store_rows(rows, ty, h, w, b, relu, dst)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _a8(e0, e1, e2, e3, k):
+    """A (the transpose of A^T) of F(4x4, 5x5) applied to one column (or row) of a 4x4
+    tile: eight values, its rows paired as in :func:`_at8`; k[2], k[3], k[6], k[7], k[9],
+    k[10] = 1/2, 1/4, 2, 4, 8, 1/8."""
+    p1, q1 = e0 + e2, e1 + e3
+    p2, q2 = e0 + k[7] * e2, k[6] * e1 + k[9] * e3
+    p3, q3 = e0 + k[3] * e2, k[2] * e1 + k[10] * e3
+    return e0, p1 + q1, p1 - q1, p2 + q2, p2 - q2, p3 + q3, p3 - q3, e3
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def gradient_transform_f45(g3, n0, h, w, k, u):
+    """F(4x4, 5x5), for the weight gradient: Z (64, O, g*TH*TW) = A e A^T for every 4x4
+    tile e of the output gradient g3[n0 .. n0+g-1] (*, O, H*W) (any strides; zero past the
+    map's edge); as :func:`gradient_transform_f4`, with A 8x4."""
+    o_ = g3.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = u.shape[2] // nt
+    wp = 4 * tw
+    buf = np.zeros((4 * th, wp), dtype=u.dtype)        # rows/columns past the map stay 0
+    s = np.empty((8, wp), dtype=u.dtype)
+    for gi in range(g):
+        for oi in range(o_):
+            src = g3[n0 + gi, oi]
+            _load_plane(buf, 0, src, h, w)
+            for ty in range(th):
+                r0, r1, r2, r3 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2], buf[4 * ty + 3]
+                for q in range(u64(wp)):
+                    (s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q], s[6, q],
+                     s[7, q]) = _a8(r0[q], r1[q], r2[q], r3[q], k)
+                t0 = u64(gi * nt + ty * tw)
+                for a in range(8):
+                    sa = s[a]
+                    ua0, ua1, ua2, ua3, ua4, ua5, ua6, ua7 = _rows8(u, a, oi)
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        t = t0 + tx
+                        ua0[t], ua1[t], ua2[t], ua3[t], ua4[t], ua5[t], ua6[t], ua7[t] = _a8(
+                            sa[j], sa[j + 1], sa[j + 2], sa[j + 3], k)
+
+
 # (input transform, output transform) by the number of transformed values per tile:
 # F(2x2, 3x3), F(4x4, 3x3), F(4x4, 5x5)
 TRANSFORMS = {16: (input_transform_f2, output_transform_f2),
               36: (input_transform_f4, output_transform_f4),
               64: (input_transform_f45, output_transform_f45)}
+# the weight gradient's transform of the output gradient, F(4x4, 3x3) and F(4x4, 5x5)
+GRADIENT_TRANSFORMS = {36: gradient_transform_f4, 64: gradient_transform_f45}
