@@ -681,6 +681,18 @@ def test_bench_workers_run_in_the_users_default_environment():
         "settings": {"threads": 2, "openblas_coretype": "-", "steps": 1, "rounds": 2,
                      "warmup": 1}})
     assert "train 1.40x; infer    -x" in train_only and "1.50x" in train_only
+    # a framework whose steps spread wide is named, and the fastest steps compared
+    stalled = format_table({
+        "device": "cpu", "machine": {"cores": 2, "cpu": "x"}, "results": [{
+            "batch": 32, "ours": dict(side, train_times_s=[1.2, 1.25, 1.3, 2.9]),
+            "torch": dict(side, train_img_s=8.0, train_times_s=[2.7, 4.0, 4.4, 6.6]),
+            "ratio": {"train": 3.2, "infer": None, "train_peak_rss": 1.0,
+                      "train_step_memory": 1.0, "train_fastest": 2.7 / 1.2}}],
+        "settings": {"threads": 2, "openblas_coretype": "-", "steps": 3, "rounds": 1,
+                     "warmup": 1}})
+    assert "fastest   train 2.25x" in stalled
+    assert "torch's training steps ranged 2.70-6.60 s" in stalled
+    assert "ours's training" not in stalled          # one slow step: the median holds
     one = worker_env("ours", build_parser().parse_args(["--threads", "1"]), base)
     assert one["GOOGLENET_CPU_THREADS"] == "1" and one["OPENBLAS_NUM_THREADS"] == "1"
 
