@@ -39,9 +39,8 @@ m x m tile e of the (masked) output gradient, Z = A e A^T, and
 
 which is again (m+2)^2 GEMMs, (O, T) @ (T, C), summed over the chunks, then one small
 GEMM for G^T . G (:func:`gradient_transform_f4`, :func:`gradient_transform_f45`,
-:func:`filter_gradient`). The input
-gradient is the forward's computation applied to the output gradient with the filters
-turned around and transposed.
+:func:`filter_gradient`). The input gradient is the forward's computation applied to the
+output gradient with the filters turned around and transposed.
 
 * **F(4x4, 5x5)** for the 5x5 "same" layers: 64 multiplies per 4x4 tile (4 per pixel,
   where the direct convolution does 25), 8x8 tiles every 4 pixels, interpolation points 0,
