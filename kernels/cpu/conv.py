@@ -1,8 +1,9 @@
 """The convolution on the CPU, chunk by chunk: :func:`conv2d` and :func:`conv2d_backward`.
 
 A convolution (``layers.conv`` has the maths) runs ``g`` images at a time, so that one GEMM
-has at least ``COLUMNS_PER_GEMM`` columns (1x1: one image, ``x[n]`` itself), the chunks
-shared among threads (``parallel``)::
+has at least ``COLUMNS_PER_GEMM`` columns (1x1 on maps of 16x16 and up: one image,
+``x[n]`` itself; on smaller maps the chunk's images gathered, so that the weights are read
+once per chunk), the chunks shared among threads (``parallel``)::
 
     col_c = im2col(x[n0:n0+g])            (C*kh*kw, g*OH*OW), a reused workspace
     Y_c   = W @ col_c                     (O, g*OH*OW); with g = 1 straight into y[n0]
