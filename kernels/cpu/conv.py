@@ -525,7 +525,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     # gW by F(4x4, 3x3) or F(4x4, 5x5): each run sums the chunks' transformed products
     # ((4+r-1)^2, O, C) instead.
     wino_w = need_w and winograd_size(x.shape, w.shape, stride, pad, "weights") == 4
-    gw_shape = ((3 + kh) ** 2, o, c) if wino_w else (o, ck)
+    gw_shape = (winograd.values_per_tile(4, kh), o, c) if wino_w else (o, ck)
     x3 = x.reshape(n, c, h * wd) if wino_w else None
 
     # conv1's kind (a large map, no input gradient): gW and gb band by band (BAND_COLUMNS),

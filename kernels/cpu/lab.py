@@ -327,7 +327,7 @@ def _weight_gradients(x, gy, refs, k):
     """(im2col + GEMM, F(4x4, k x k)) closures for a "same" k x k layer's weight gradient,
     one image per call, each checked against the float64 reference first."""
     n, c, h = x.shape[:3]
-    o, count = gy.shape[1], (3 + k) ** 2
+    o, count = gy.shape[1], winograd.values_per_tile(4, k)
     x3, gy3 = x.reshape(n, c, h * h), gy.reshape(n, o, h * h)
     gw2, part = np.empty((o, c * k * k), np.float32), np.empty((count, o, c), np.float32)
 

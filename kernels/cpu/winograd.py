@@ -141,6 +141,12 @@ _GG = {16: np.kron(_G2, _G2), 36: np.kron(_G4, _G4), 64: np.kron(_G45, _G45)}
 _COUNT = {(2, 3): 16, (4, 3): 36, (4, 5): 64}
 
 
+def values_per_tile(m: int, r: int) -> int:
+    """(m+r-1)^2, the length of U's, V's and M's first axis for F(m x m, r x r) (one of
+    the three forms above)."""
+    return _COUNT[m, r]
+
+
 def filter_transform(w, m: int):
     """U ((m+r-1)^2, O, C) = G g G^T for every filter g of w (O, C, r, r), r = 3 or 5: one
     GEMM, (G (x) G) ((m+r-1)^2, r^2) @ w.reshape(O*C, r^2).T, whose result is U's layout,
@@ -148,7 +154,7 @@ def filter_transform(w, m: int):
     filters with F(2x2, 3x3), the GEMM 0.7 ms; F(4x4, 3x3)'s 36 rows write 4 times the
     filters' size, 1 ms on one thread.)"""
     o, c, r = w.shape[:3]
-    gg = _GG[_COUNT[m, r]]
+    gg = _GG[values_per_tile(m, r)]
     u = arrays.matmul(gg.astype(w.dtype), w.reshape(o * c, r * r).T)
     return u.reshape(gg.shape[0], o, c)
 
