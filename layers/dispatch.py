@@ -22,12 +22,19 @@ One switch forces the plain path everywhere: ``with layers.dispatch.use("plain")
 (the tests' "numpy-plain" runs compare the two this way) or ``GOOGLENET_KERNELS=plain`` in
 the environment, read at import. One call may ask for a path itself, e.g.
 ``conv2d(x, w, impl="cuda")``, which is an error when that kernel cannot run it.
+
+``with pipelined(): ...`` around ops that each work image by image (an Inception module:
+convolutions, pooling, concatenation) lets their CPU kernels run back to back on each
+thread's images with one join for the block (:func:`kernels.cpu.parallel.pipeline`); an op
+on another path first runs what is queued.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
+from engine import profile as _profile
 from engine.backend import is_cupy_array
 from engine.tensor import Function
 
@@ -69,6 +76,27 @@ def use(new_mode: str):
 def cpu_kernels_available() -> bool:
     from kernels import cpu
     return cpu.available()
+
+
+@contextlib.contextmanager
+def pipelined():
+    """Queue the CPU kernels' per-image work of the ops called inside and run it at the end,
+    each thread its own images through all of them (one join instead of one per op). For
+    blocks made of ops with CPU kernels; an op on its plain or CUDA path first runs the
+    queue. Off while a :class:`engine.profile.Profiler` times each op."""
+    if _mode == "plain" or _profile.active() is not None or not cpu_kernels_available():
+        yield
+        return
+    from kernels.cpu import parallel
+    with parallel.pipeline():
+        yield
+
+
+def _sync_cpu_kernels() -> None:
+    """Run what :func:`pipelined` has queued (an op about to read its results elsewhere)."""
+    parallel = sys.modules.get("kernels.cpu.parallel")
+    if parallel is not None:
+        parallel.sync()
 
 
 def choose(fn: "KernelFunction", xs) -> str:
@@ -116,6 +144,8 @@ class KernelFunction(Function):
     def forward(self, *xs):
         self.setup(*xs)
         self.path = choose(self, xs)
+        if self.path != "cpu":
+            _sync_cpu_kernels()
         return getattr(self, f"forward_{self.path}")(*xs)
 
     def backward(self, *gys):

@@ -32,6 +32,7 @@ import layers as L
 from engine import Module
 from engine.backend import manual_seed, random_generator
 from layers import caffe
+from layers.dispatch import pipelined
 from models.spec import NetworkSpec, classification_loss
 
 MIN_INPUT = 64
@@ -80,10 +81,14 @@ class Inception(Module):
         self.out_channels = c1 + c3 + c5 + pp
 
     def forward(self, x):
-        # The three 1x1 convolutions on x run as one (layers.stacked_conv1x1).
-        b1, r3, r5 = L.stacked_conv1x1(x, [self.conv_1x1, self.conv_3x3_reduce,
-                                           self.conv_5x5_reduce])
-        return L.concat([b1, self.conv_3x3(r3), self.conv_5x5(r5), self.pool_proj(self.pool(x))])
+        # The three 1x1 convolutions on x run as one (layers.stacked_conv1x1). Every op here
+        # works image by image: on the CPU kernels each thread takes its images through the
+        # whole module, with one join at the end (layers.dispatch.pipelined).
+        with pipelined():
+            b1, r3, r5 = L.stacked_conv1x1(x, [self.conv_1x1, self.conv_3x3_reduce,
+                                               self.conv_5x5_reduce])
+            return L.concat([b1, self.conv_3x3(r3), self.conv_5x5(r5),
+                             self.pool_proj(self.pool(x))])
 
 
 class AuxHead(Module):

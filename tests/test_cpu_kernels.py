@@ -439,6 +439,91 @@ def test_parallel_run_reraises_a_runs_exception():
     assert sum(parallel.run(lambda run: len(run), list(range(9)))) == 9   # still usable
 
 
+def test_pipeline_queues_per_image_calls_and_keeps_their_order(monkeypatch):
+    """Inside parallel.pipeline(), image calls are queued and each thread runs its images
+    through them in order; a call splitting the images otherwise, or one that is not an
+    image call, runs the queue first; a queued body's exception comes out at the end."""
+    monkeypatch.setattr(parallel, "THREADS", 2)
+    n = 8
+    a, b, c = np.zeros(n), np.zeros(n), np.zeros(n)
+    log = []
+
+    def fill(chunks):                          # a convolution-like call on (n0, g) chunks
+        for n0, g in chunks:
+            a[n0:n0 + g] = np.arange(n0, n0 + g) + 1
+        log.append("a")
+
+    with parallel.pipeline():
+        parallel.run(fill, parallel.chunks(n, 4), groups=2, images=True)
+        parallel.over_images(n, lambda s: b.__setitem__(s, 2 * a[s]), queue=True)
+        assert log == [] and not b.any()          # queued, not run
+        # chunks of 3 give the threads images 0-2 and 3-7: the queue runs first
+        parallel.run(lambda chunks: [c.__setitem__(slice(n0, n0 + g), b[n0:n0 + g] + 1)
+                                     for n0, g in chunks], parallel.chunks(n, 3), groups=2,
+                     images=True)
+        assert log == ["a", "a"] and (b == 2 * (np.arange(n) + 1)).all()
+        total = parallel.run(lambda run: sum(run), list(range(n)), groups=2)  # not queued
+        assert sum(total) == sum(range(n)) and (c == b + 1).all()
+        with parallel.pipeline():              # nested: the same block
+            parallel.over_images(n, lambda s: a.__setitem__(s, 0), queue=True)
+        assert a.all()
+    assert not a.any()
+
+    def fail(s):
+        if s.start == 0:
+            raise ValueError("image 0")
+    with pytest.raises(ValueError, match="image 0"):
+        with parallel.pipeline():
+            parallel.over_images(n, fail, queue=True)
+            parallel.over_images(n, lambda s: b.__setitem__(s, -1), queue=True)
+    assert (b[n // 2:] == -1).all()            # the other thread finished its images
+    assert sum(parallel.run(lambda run: len(run), list(range(9)))) == 9   # still usable
+
+
+def test_pipelined_ops_give_the_same_bits_and_plain_ops_see_their_results(monkeypatch):
+    """layers.dispatch.pipelined(): a convolution, a pooling and a concatenation queued, then
+    an op on its plain path reading their output, equal op by op to the bit."""
+    monkeypatch.setattr(parallel, "THREADS", 2)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 6, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)
+    w1 = rng.standard_normal((4, 6, 1, 1)).astype(np.float32)
+
+    def block():
+        xt = Tensor(x)
+        y = L.concat([L.conv2d(xt, w, pad=1, relu=True), L.conv2d(xt, w1),
+                      L.max_pool2d(xt, 3, 1, 1)])
+        return y, L.max_pool2d(y, 2, 2, impl="plain")
+
+    expected = [t.numpy() for t in block()]
+    with dispatch.pipelined():
+        got = block()
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(e, g.numpy())
+
+
+def test_googlenet_pipelined_modules_give_the_same_bits(monkeypatch):
+    """The Inception modules' pipelines change nothing: logits and gradients to the bit,
+    batches that split evenly and unevenly between the threads."""
+    from models import googlenet
+    import contextlib
+    import engine as E
+    monkeypatch.setattr(parallel, "THREADS", 2)
+    for n in (1, 3, 4, 5):
+        x = np.random.default_rng(n).standard_normal((n, 3, 64, 64)).astype(np.float32)
+        runs = []
+        for pipelined in (googlenet.pipelined, contextlib.nullcontext):
+            monkeypatch.setattr(googlenet, "pipelined", pipelined)
+            m = googlenet.GoogLeNet(num_classes=5, seed=3)
+            E.manual_seed(7)
+            outs = m(x)
+            loss, _ = googlenet.training_loss(outs, np.arange(n) % 5)
+            loss.backward()
+            runs.append([o.numpy() for o in outs] + [p.grad for p in m.parameters()])
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_results_are_deterministic():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6, 8, 14, 14)).astype(np.float32)

@@ -24,7 +24,12 @@ MIN_SIZE = 1 << 16
 
 
 def _small(a) -> bool:
-    return parallel.threads() == 1 or a.size < MIN_SIZE or a.ndim == 0 or a.shape[0] < 2
+    """Whether ``a`` is done on the calling thread (which first runs what a pipeline has
+    queued, since it may read those results)."""
+    small = parallel.threads() == 1 or a.size < MIN_SIZE or a.ndim == 0 or a.shape[0] < 2
+    if small:
+        parallel.sync()
+    return small
 
 
 def add(a, b):
@@ -78,6 +83,7 @@ def concat(xs, axis: int):
     shape[axis] = sum(x.shape[axis] for x in xs)
     out = np.empty(shape, dtype=np.result_type(*xs))
     if _small(out) or axis == 0:
+        parallel.sync()
         return np.concatenate(xs, axis=axis, out=out)
     bounds = np.cumsum([0] + [x.shape[axis] for x in xs])
 
@@ -86,29 +92,33 @@ def concat(xs, axis: int):
         for x, lo, hi in zip(xs, bounds[:-1], bounds[1:]):
             index[axis] = slice(lo, hi)
             out[tuple(index)] = x[s]
-    parallel.over_images(out.shape[0], body)
+    parallel.over_images(out.shape[0], body, queue=True)
     return out
 
 
-def matmul(a, b):
+def matmul(a, b, independent: bool = False):
     """a (M, K) @ b (K, N), the M rows of the result in runs on the threads (single-threaded
     BLAS on each), or its N columns where the result is much wider than tall, N >= 8 M (the
     Winograd filter transform's (36, 9) @ (9, O*C): 1.5-2.2x the row split, whose runs all
     read all of b; a linear layer's (1000, 8) @ (8, 1024) weight gradient is 1.45x faster
     by rows).
     Unlike the functions above, the last bit may differ from one whole GEMM's: BLAS may pick
-    other kernels for the smaller products."""
+    other kernels for the smaller products. ``independent``: a and b are nothing a pipeline
+    has queued (:func:`parallel.pipeline`), e.g. weights, so the product need not wait."""
     m, n = a.shape[0], b.shape[1]
     out = np.empty((m, n), dtype=np.result_type(a, b))
     if parallel.threads() == 1 or max(a.size, b.size, out.size) < MIN_SIZE or max(m, n) < 2:
+        if not independent:
+            parallel.sync()
         return np.matmul(a, b, out=out)
     if n >= 8 * m:
         k = min(n, 2 * parallel.threads())
         parallel.run(lambda runs: [np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
                                    for lo, hi in runs],
-                     [(n * i // k, n * (i + 1) // k) for i in range(k)], blas=True)
+                     [(n * i // k, n * (i + 1) // k) for i in range(k)], blas=True,
+                     independent=independent)
         return out
     parallel.run(lambda rows: np.matmul(a[rows[0]:rows[-1] + 1], b,
                                         out=out[rows[0]:rows[-1] + 1]),
-                 list(range(m)), blas=True)
+                 list(range(m)), blas=True, independent=independent)
     return out

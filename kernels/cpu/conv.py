@@ -441,6 +441,16 @@ def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out):
     np.matmul(z, v.transpose(0, 2, 1), out=out)     # count GEMMs (O, tiles) @ (tiles, C)
 
 
+def _flat_images(x):
+    """x (N, C, H, W) as (N, C, H*W): a view when each channel's pixels are contiguous (a
+    channel slice of a larger map too); otherwise a copy, which reads x at once, so what a
+    pipeline has queued runs first (:func:`parallel.pipeline`)."""
+    n, c, h, w = x.shape
+    if not (x.strides[3] == x.itemsize and (h == 1 or x.strides[2] == w * x.itemsize)):
+        parallel.sync()
+    return x.reshape(n, c, h * w)
+
+
 def conv2d(x, w, b, stride, pad, relu):
     """y (N, O, OH, OW) = relu(conv(x, w) + b) for x (N, C, H, W), w (O, C, kh, kw), b (O,)
     or None. Per chunk of g images: col = im2col, Y = W @ col, y[chunk] = relu(Y + b); or
@@ -449,7 +459,7 @@ def conv2d(x, w, b, stride, pad, relu):
     m = winograd_size(x.shape, w.shape, stride, pad)
     if m:
         y = np.empty((n, w.shape[0], h, wd), dtype=x.dtype)
-        x3, y3 = x.reshape(n, c, h * wd), y.reshape(n, -1, h * wd)
+        x3, y3 = _flat_images(x), y.reshape(n, -1, h * wd)
         u = winograd.filter_transform(w, m)
         bias = b if b is not None else u[0, :, 0]        # unused when there is no bias
 
@@ -459,7 +469,7 @@ def conv2d(x, w, b, stride, pad, relu):
 
         nt = winograd.tiles(h, wd, m)
         parallel.run(wino, parallel.chunks(n, images_per_chunk(n, nt, False)), blas=True,
-                     groups=parallel.runs(n))
+                     groups=parallel.runs(n), images=True)
         return y
     o, _, kh, kw = w.shape
     oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
@@ -495,7 +505,8 @@ def conv2d(x, w, b, stride, pad, relu):
             epilogue(out, bias, b is not None, relu, y3, n0)
 
     per_chunk = 1 if row_bands else images_per_chunk(n, p, direct)
-    parallel.run(body, parallel.chunks(n, per_chunk), blas=True, groups=parallel.runs(n))
+    parallel.run(body, parallel.chunks(n, per_chunk), blas=True, groups=parallel.runs(n),
+                 images=True)
     return y
 
 

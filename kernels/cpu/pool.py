@@ -380,11 +380,13 @@ def max_pool2d(x, k, s, pad, oh, ow, track=True):
     kind = _flat_kind(x.shape, k, s, pad, oh, ow)
     if kind:
         flat = FLAT_KERNELS[kind][0]
-        x = np.ascontiguousarray(x)    # one flat array (the 3x3/1 backward needs its winners)
+        if not x.flags.c_contiguous:
+            parallel.sync()            # the copy reads x here
+            x = np.ascontiguousarray(x)    # one flat array (the 3x3/1 backward needs its winners)
         fn = lambda i: flat(x[i], y[i], winner[i], track)                 # noqa: E731
     else:
         fn = lambda i: max_pool_forward(x[i], k, s, pad, y[i], winner[i], track)  # noqa: E731
-    parallel.over_images(x.shape[0], fn)
+    parallel.over_images(x.shape[0], fn, queue=True)
     return y, (winner if track else None)
 
 

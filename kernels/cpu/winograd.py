@@ -155,7 +155,7 @@ def filter_transform(w, m: int):
     filters' size, 1 ms on one thread.)"""
     o, c, r = w.shape[:3]
     gg = _GG[values_per_tile(m, r)]
-    u = arrays.matmul(gg.astype(w.dtype), w.reshape(o * c, r * r).T)
+    u = arrays.matmul(gg.astype(w.dtype), w.reshape(o * c, r * r).T, independent=True)
     return u.reshape(gg.shape[0], o, c)
 
 
