@@ -24,6 +24,33 @@ import numpy as np
 from . import backend
 from . import profile as _profile
 
+# ------------------------------------------------------------------- scheduling
+class BackwardSchedule:
+    """How a backward pass may let kernels defer work; the engine itself defers nothing.
+    ``layers.dispatch`` installs one (:func:`set_backward_schedule`) under which the CPU
+    kernels queue their per-image work and run it in stretches: ``scope()`` is the context
+    around a pass, ``deferrable(f)`` says whether ``f.backward`` leaves every read of a
+    queued gradient to those kernels, and ``settle()`` runs what is queued, called before any
+    other function's backward and before a gradient hook reads a leaf's gradient."""
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    def deferrable(self, f) -> bool:
+        return False
+
+    def settle(self) -> None:
+        pass
+
+
+_schedule = BackwardSchedule()
+
+
+def set_backward_schedule(schedule: BackwardSchedule) -> None:
+    global _schedule
+    _schedule = schedule
+
+
 # ------------------------------------------------------------------- grad mode
 _grad_enabled = True
 
@@ -155,6 +182,7 @@ class Tensor:
         else:
             backend.add_into(self.grad, g)
         if self.grad_hook is not None:
+            _schedule.settle()
             self.grad_hook(self)
 
     # --- arithmetic (implemented as Functions in engine.ops)
@@ -320,6 +348,12 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
         push(creator)
 
     deliver((root.creator, root._output_index), grad)
+    with _schedule.scope():
+        _walk(heap, pending, deliver, retain_graph)
+
+
+def _walk(heap, pending, deliver, retain_graph) -> None:
+    """run_backward's loop: pop the next function, call its backward, deliver the results."""
     while heap:
         *_, f = heapq.heappop(heap)
         if not hasattr(f, "inputs"):
@@ -331,6 +365,8 @@ def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
             xp = backend.get_array_module(next(g for g in gys if g is not None))
             gys = [g if g is not None else xp.zeros(shape, dtype=dtype)
                    for g, (shape, dtype) in zip(gys, f.output_specs)]
+        if not _schedule.deferrable(f):
+            _schedule.settle()         # f may read a gradient that kernels have queued
         prof = _profile.active()
         if prof is None:
             gxs = f.backward(*gys)

@@ -179,6 +179,12 @@ class StackedConv1x1Function(Function):
 
     fresh_grads = True     # the weight and bias gradients are row blocks of a new array
 
+    @property
+    def deferrable_backward(self) -> bool:
+        """Its backward is a concatenation's and a convolution's, both on their CPU kernels
+        when the convolution is (``engine.tensor.BackwardSchedule``)."""
+        return getattr(self.conv, "path", None) == "cpu"
+
     def __init__(self, count: int, relu: bool, impl: str | None = None):
         self.count, self.relu, self.impl = int(count), relu, impl
 

@@ -26,7 +26,10 @@ the environment, read at import. One call may ask for a path itself, e.g.
 ``with pipelined(): ...`` around ops that each work image by image (an Inception module:
 convolutions, pooling, concatenation) lets their CPU kernels run back to back on each
 thread's images with one join for the block (:func:`kernels.cpu.parallel.pipeline`); an op
-on another path first runs what is queued.
+on another path first runs what is queued. A backward pass runs the same way as a whole
+(:class:`KernelSchedule`, installed in the engine at import): ops on the CPU kernels queue
+their per-image work, and anything else that reads a gradient (a plain op's backward, a
+gradient hook) first runs the queue.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import sys
 
 from engine import profile as _profile
 from engine.backend import is_cupy_array
-from engine.tensor import Function
+from engine.tensor import BackwardSchedule, Function, set_backward_schedule
 
 MODES = ("auto", "plain", "cpu", "cuda")
 # Earlier names of conv2d's impl argument, still accepted: "im2col" is its plain path and
@@ -150,3 +153,24 @@ class KernelFunction(Function):
 
     def backward(self, *gys):
         return getattr(self, f"backward_{self.path}")(*gys)
+
+
+class KernelSchedule(BackwardSchedule):
+    """The backward pass as one :func:`pipelined` block: a function's backward may run
+    without the queue being run first when it is a kernel op on its CPU path (its kernels
+    queue what works image by image and run the queue before any other read) or is made of
+    such ops (``deferrable_backward``, e.g. the stacked 1x1 convolutions)."""
+
+    def scope(self):
+        return pipelined()
+
+    def deferrable(self, f) -> bool:
+        if isinstance(f, KernelFunction):
+            return getattr(f, "path", None) == "cpu"
+        return getattr(f, "deferrable_backward", False)
+
+    def settle(self) -> None:
+        _sync_cpu_kernels()
+
+
+set_backward_schedule(KernelSchedule())

@@ -502,18 +502,27 @@ def test_pipelined_ops_give_the_same_bits_and_plain_ops_see_their_results(monkey
         np.testing.assert_array_equal(e, g.numpy())
 
 
-def test_googlenet_pipelined_modules_give_the_same_bits(monkeypatch):
-    """The Inception modules' pipelines change nothing: logits and gradients to the bit,
-    batches that split evenly and unevenly between the threads."""
+def _no_pipelines(monkeypatch):
+    """Every op as its own pool call: no pipelined Inception forward, no queued backward."""
     from models import googlenet
     import contextlib
+    from engine import tensor
+    monkeypatch.setattr(googlenet, "pipelined", contextlib.nullcontext)
+    monkeypatch.setattr(tensor, "_schedule", tensor.BackwardSchedule())
+
+
+def test_googlenet_pipelined_modules_give_the_same_bits(monkeypatch):
+    """The pipelines (Inception forwards, the backward pass) change nothing: logits and
+    gradients to the bit, batches that split evenly and unevenly between the threads."""
+    from models import googlenet
     import engine as E
     monkeypatch.setattr(parallel, "THREADS", 2)
     for n in (1, 3, 4, 5):
         x = np.random.default_rng(n).standard_normal((n, 3, 64, 64)).astype(np.float32)
         runs = []
-        for pipelined in (googlenet.pipelined, contextlib.nullcontext):
-            monkeypatch.setattr(googlenet, "pipelined", pipelined)
+        for off in (False, True):
+            if off:
+                _no_pipelines(monkeypatch)
             m = googlenet.GoogLeNet(num_classes=5, seed=3)
             E.manual_seed(7)
             outs = m(x)
@@ -522,6 +531,44 @@ def test_googlenet_pipelined_modules_give_the_same_bits(monkeypatch):
             runs.append([o.numpy() for o in outs] + [p.grad for p in m.parameters()])
         for a, b in zip(*runs):
             np.testing.assert_array_equal(a, b)
+
+
+def test_queued_backward_is_settled_before_plain_ops_and_gradient_hooks(monkeypatch):
+    """In a queued backward pass, a plain op's backward (here a product with another
+    tensor, which reads the convolution's input gradient) and a gradient hook (which reads
+    a weight's) see the finished values, the same as without queuing."""
+    from engine import tensor
+    monkeypatch.setattr(parallel, "THREADS", 2)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 3, 10, 10)).astype(np.float32)
+    s = rng.standard_normal((4, 3, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+
+    def run(hook):
+        st, wt = Tensor(s, requires_grad=True), Tensor(w, requires_grad=True)
+        seen = []
+        if hook:
+            wt.grad_hook = lambda t: seen.append(t.grad.copy())
+        y = L.max_pool2d(L.conv2d(Tensor(x) * st, wt, pad=1, relu=True), 3, 2)
+        (y * y).sum().backward()
+        return [st.grad, wt.grad] + seen
+
+    queued = [run(False), run(True)]
+    monkeypatch.setattr(tensor, "_schedule", tensor.BackwardSchedule())
+    for got, expected in zip(queued, [run(False), run(True)]):
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_queued_call_results_and_after_queue(monkeypatch):
+    monkeypatch.setattr(parallel, "THREADS", 2)
+    done = []
+    with parallel.pipeline():
+        res = parallel.run(lambda run: sum(run), list(range(8)), groups=2, images=True)
+        assert parallel.is_queued(res) and list(res) == [None, None]
+        parallel.after_queue(lambda: done.append(list(res)))
+        assert done == []
+    assert done == [[0 + 1 + 2 + 3, 4 + 5 + 6 + 7]] and not parallel.is_queued(res)
 
 
 def test_results_are_deterministic():

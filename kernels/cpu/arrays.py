@@ -35,15 +35,17 @@ def _small(a) -> bool:
 def add(a, b):
     """a + b, a new array (a and b of one shape)."""
     if _small(a) or a.shape != b.shape:
+        parallel.sync()
         return a + b
     out = np.empty(a.shape, dtype=np.result_type(a, b))
-    parallel.over_images(a.shape[0], lambda s: np.add(a[s], b[s], out=out[s]))
+    parallel.over_images(a.shape[0], lambda s: np.add(a[s], b[s], out=out[s]), queue=True)
     return out
 
 
 def add_into(a, b) -> None:
     """a += b in place (b broadcast to a's shape on the calling thread)."""
     if a.shape != b.shape:
+        parallel.sync()
         a += b
         return
     sum_into([a, b])

@@ -521,7 +521,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     oh, ow = gy.shape[2:]
     p, ck = oh * ow, c * kh * kw
     w2t = np.ascontiguousarray(w.reshape(o, ck)).T
-    gy3 = gy.reshape(n, o, p)
+    gy3 = _flat_images(gy)
     y3 = y.reshape(n, o, p) if relu else gy3
     strided = not gy3.flags.c_contiguous
     direct = kh == kw == 1 and stride == 1 and pad == 0
@@ -606,8 +606,27 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         return gw2, gb
 
     per_chunk = 1 if row_bands else images_per_chunk(n, p, direct)
-    parts = parallel.run(body, parallel.chunks(n, per_chunk), blas=True, groups=parallel.runs(n))
-    # The runs' partial sums in run order, whichever thread ran which run.
+    parts = parallel.run(body, parallel.chunks(n, per_chunk), blas=True, groups=parallel.runs(n),
+                         images=True)
+    if not parallel.is_queued(parts):
+        gw, gb = _sum_runs(parts, w, x.dtype, wino_w, row_bands, need_w, need_b)
+        return gx, gw, gb
+    # Queued (parallel.pipeline): gW and gb are summed into these once the runs have run.
+    gw = np.empty(w.shape, dtype=x.dtype) if need_w else None
+    gb = np.empty(o, dtype=x.dtype) if need_b else None
+
+    def finish():
+        gw_sum, gb_sum = _sum_runs(parts, w, x.dtype, wino_w, row_bands, need_w, need_b)
+        for out, total in ((gw, gw_sum), (gb, gb_sum)):
+            if out is not None:
+                np.copyto(out, total)
+    parallel.after_queue(finish)
+    return gx, gw, gb
+
+
+def _sum_runs(parts, w, dtype, wino_w, row_bands, need_w, need_b):
+    """(gW, gb) of conv2d_backward from its runs' partial sums, added in run order
+    whichever thread ran which run."""
     gw = gb = None
     if need_w:
         gw = parts[0][0]
@@ -621,5 +640,5 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
             gw = winograd.filter_gradient(gw)
         else:
             gw = (np.ascontiguousarray(gw.T) if row_bands else gw).reshape(w.shape)
-    gb = gb.astype(x.dtype) if need_b else None
-    return gx, gw, gb
+    gb = gb.astype(dtype) if need_b else None
+    return gw, gb

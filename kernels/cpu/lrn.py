@@ -125,7 +125,10 @@ def lrn_backward(x, gy, size, alpha, beta, k):
     n, c, h, w = x.shape
     gx = np.empty(x.shape, dtype=gy.dtype)
     x3, gx3 = x.reshape(n, c, h * w), gx.reshape(n, c, h * w)
+    if not gy.flags.c_contiguous:
+        parallel.sync()                # the copy reads gy here
     gy3 = np.ascontiguousarray(gy).reshape(n, c, h * w)
     consts = constants(gy.dtype, size, alpha, beta, k)
-    parallel.over_images(n, lambda i: lrn_images_backward(x3[i], gy3[i], size, *consts, gx3[i]))
+    parallel.over_images(n, lambda i: lrn_images_backward(x3[i], gy3[i], size, *consts, gx3[i]),
+                         queue=True)
     return gx

@@ -174,6 +174,7 @@ def runs(n: int) -> int:
 _queue: list | None = None     # (body, runs) of the calls queued by pipeline(), in order
 _spans: list | None = None     # each thread's (first image, end) in the queued calls
 _owner: int | None = None      # the thread whose pipeline() it is
+_then: list = []               # what to call once the queue has run (after_queue)
 
 
 @contextlib.contextmanager
@@ -197,6 +198,12 @@ def pipeline():
         _run_queued(queued)
 
 
+def after_queue(fn) -> None:
+    """Call ``fn()`` on this thread once what is queued now has run (a queued call's
+    caller finishing its work: a convolution's partial weight gradients summed)."""
+    _then.append(fn)
+
+
 def sync() -> None:
     """Run what :func:`pipeline` has queued so far (before the caller reads its results)."""
     global _queue, _spans
@@ -215,7 +222,7 @@ def _thread_spans(runs: list) -> list:
     return spans
 
 
-def _enqueue(body, runs: list, k: int, blas: bool) -> bool:
+def _enqueue(body, runs: list, k: int, blas: bool, results: list) -> bool:
     """Queue the call if it has one run per thread (batches of up to ONE_RUN_PER_THREAD_UP_TO
     images per thread; larger ones keep two runs per thread, taken as the threads come
     free); a call that gives a thread other images than the queued ones do runs the queue
@@ -227,12 +234,25 @@ def _enqueue(body, runs: list, k: int, blas: bool) -> bool:
     if _spans is not None and spans != _spans:
         sync()
     _spans = spans
-    _queue.append((body, runs))
+    _queue.append((body, runs, results))
     return True
 
 
+class _Pending(list):
+    """The results of a queued call, filled in when the queue runs."""
+
+
+def is_queued(results) -> bool:
+    """Whether ``results`` (from :func:`run`) belong to a call still in the queue."""
+    return isinstance(results, _Pending) and any(
+        entry[2] is results for entry in (_queue or ()))
+
+
 def _run_queued(queued: list) -> None:
-    """Thread t runs run t of every queued call, in order."""
+    """Thread t runs run t of every queued call, in order, keeping what it returns in
+    the list the call returned; then what :func:`after_queue` was given, in order."""
+    then = _then[:]
+    _then.clear()
     if not queued:
         return
     claim_cores()
@@ -240,8 +260,8 @@ def _run_queued(queued: list) -> None:
 
     def share(t):
         try:
-            for body, runs in queued:
-                body(runs[t])
+            for body, runs, results in queued:
+                results[t] = body(runs[t])
         except BaseException as e:       # the other threads finish theirs
             errors.append(e)
 
@@ -253,6 +273,8 @@ def _run_queued(queued: list) -> None:
             f.exception()
     if errors:
         raise errors[0]
+    for fn in then:
+        fn()
 
 
 def run(body, items: list, blas: bool = False, groups: int | None = None,
@@ -267,8 +289,9 @@ def run(body, items: list, blas: bool = False, groups: int | None = None,
     everything then runs on the calling thread.
 
     Inside :func:`pipeline`: ``images=True`` (items are images or (first, count) chunks of
-    them, and each run's body touches only its own images) lets the call be queued, and then
-    it returns None for every run; ``independent=True`` (the body reads nothing a queued call
+    them, and each run's body touches only its own images) lets the call be queued; it then
+    returns a list that holds the runs' results once the queue has run (:func:`is_queued`
+    says whether it has not yet); ``independent=True`` (the body reads nothing a queued call
     writes, e.g. a transform of the weights) runs it at once; any other call first runs the
     queue.
     """
@@ -278,8 +301,9 @@ def run(body, items: list, blas: bool = False, groups: int | None = None,
     k = min(len(items), groups or 2 * THREADS)
     runs = [items[len(items) * i // k:len(items) * (i + 1) // k] for i in range(k)]
     if _queue is not None and not independent and threading.get_ident() == _owner:
-        if images and _enqueue(body, runs, k, blas):
-            return [None] * k
+        results = _Pending([None] * k)
+        if images and _enqueue(body, runs, k, blas, results):
+            return results
         sync()
     if THREADS == 1 or k == 1 or (blas and not blas_controllable()):
         return [body(r) for r in runs]

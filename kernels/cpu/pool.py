@@ -407,11 +407,13 @@ def max_pool2d_backward(gy, winner, k, s, pad, x_shape):
     kind = _flat_kind(x_shape, k, s, pad, *gy.shape[2:])
     gather = FLAT_KERNELS[kind][1] if kind else None
     if gather is not None:
-        gy = np.ascontiguousarray(gy)
+        if not gy.flags.c_contiguous:
+            parallel.sync()            # the copy reads gy here
+            gy = np.ascontiguousarray(gy)
         fn = lambda i: gather(gy[i], winner[i], gx[i])                    # noqa: E731
     else:
         fn = lambda i: max_pool_backward(gy[i], winner[i], k, s, pad, gx[i])  # noqa: E731
-    parallel.over_images(gy.shape[0], fn)
+    parallel.over_images(gy.shape[0], fn, queue=True)
     return gx
 
 
