@@ -23,12 +23,12 @@ thread (the linear layers) then wake BLAS's threads, which spin and fight the po
 the BLAS library cannot be controlled (not OpenBLAS, not Linux), GEMM-bearing work runs on
 the calling thread with BLAS's own threads instead.
 
-Inside :func:`pipeline` (an Inception module's forward), calls that split the batch into
-the same images per thread are queued instead of run, and each thread then runs its share
-of all of them in order, one join for the block instead of one per call: a thread's images
-go from one layer to the next with nothing to wait for, since every one of these calls
-works on each image alone. Anything else called inside first runs what is queued
-(:func:`sync`).
+Inside :func:`pipeline` (an Inception module's forward, a whole backward pass), calls
+that split the batch into the same images per thread are queued instead of run, and each
+thread then runs its share of all of them in order, one join for the block instead of one
+per call: a thread's images go from one layer to the next with nothing to wait for, since
+every one of these calls works on each image alone. Anything else called inside first runs
+what is queued (:func:`sync`).
 
 ``GOOGLENET_CPU_THREADS`` sets the number of threads (default: the CPUs this process may use).
 The first :func:`run` also keeps freed memory in the process (:mod:`kernels.cpu.memory`).
