@@ -30,8 +30,9 @@ class BackwardSchedule:
     ``layers.dispatch`` installs one (:func:`set_backward_schedule`) under which the CPU
     kernels queue their per-image work and run it in stretches: ``scope()`` is the context
     around a pass, ``deferrable(f)`` says whether ``f.backward`` leaves every read of a
-    queued gradient to those kernels, and ``settle()`` runs what is queued, called before any
-    other function's backward and before a gradient hook reads a leaf's gradient."""
+    queued gradient to those kernels, and ``outside()`` is the context for anything else
+    that reads gradients (another function's backward, a gradient hook): what is queued
+    runs first, and nothing is queued inside."""
 
     def scope(self):
         return contextlib.nullcontext()
@@ -39,8 +40,8 @@ class BackwardSchedule:
     def deferrable(self, f) -> bool:
         return False
 
-    def settle(self) -> None:
-        pass
+    def outside(self):
+        return contextlib.nullcontext()
 
 
 _schedule = BackwardSchedule()
@@ -182,8 +183,8 @@ class Tensor:
         else:
             backend.add_into(self.grad, g)
         if self.grad_hook is not None:
-            _schedule.settle()
-            self.grad_hook(self)
+            with _schedule.outside():
+                self.grad_hook(self)
 
     # --- arithmetic (implemented as Functions in engine.ops)
     def __add__(self, other):
@@ -365,15 +366,16 @@ def _walk(heap, pending, deliver, retain_graph) -> None:
             xp = backend.get_array_module(next(g for g in gys if g is not None))
             gys = [g if g is not None else xp.zeros(shape, dtype=dtype)
                    for g, (shape, dtype) in zip(gys, f.output_specs)]
-        if not _schedule.deferrable(f):
-            _schedule.settle()         # f may read a gradient that kernels have queued
-        prof = _profile.active()
-        if prof is None:
-            gxs = f.backward(*gys)
-        else:
-            gxs, seconds = prof.time_call(lambda: f.backward(*gys), gys[0])
-            outs = gxs if isinstance(gxs, tuple) else (gxs,)
-            prof.record(getattr(f, "_scope", ""), type(f).__name__, "backward", seconds, outs, 0)
+        # f may read a gradient that kernels have queued, unless it is one of those kernels
+        with contextlib.nullcontext() if _schedule.deferrable(f) else _schedule.outside():
+            prof = _profile.active()
+            if prof is None:
+                gxs = f.backward(*gys)
+            else:
+                gxs, seconds = prof.time_call(lambda: f.backward(*gys), gys[0])
+                outs = gxs if isinstance(gxs, tuple) else (gxs,)
+                prof.record(getattr(f, "_scope", ""), type(f).__name__, "backward", seconds,
+                            outs, 0)
         if not isinstance(gxs, tuple):
             gxs = (gxs,)
         if len(gxs) != len(f.inputs):

@@ -29,7 +29,7 @@ thread's images with one join for the block (:func:`kernels.cpu.parallel.pipelin
 on another path first runs what is queued. A backward pass runs the same way as a whole
 (:class:`KernelSchedule`, installed in the engine at import): ops on the CPU kernels queue
 their per-image work, and anything else that reads a gradient (a plain op's backward, a
-gradient hook) first runs the queue.
+gradient hook) first runs the queue and queues nothing itself.
 """
 from __future__ import annotations
 
@@ -169,8 +169,9 @@ class KernelSchedule(BackwardSchedule):
             return getattr(f, "path", None) == "cpu"
         return getattr(f, "deferrable_backward", False)
 
-    def settle(self) -> None:
-        _sync_cpu_kernels()
+    def outside(self):
+        parallel = sys.modules.get("kernels.cpu.parallel")
+        return parallel.paused() if parallel is not None else contextlib.nullcontext()
 
 
 set_backward_schedule(KernelSchedule())

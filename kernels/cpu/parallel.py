@@ -198,6 +198,22 @@ def pipeline():
         _run_queued(queued)
 
 
+@contextlib.contextmanager
+def paused():
+    """Run what is queued, then run calls at once inside (code that reads what its own
+    calls produce, e.g. a grouped convolution joining its groups' results)."""
+    global _queue, _spans
+    if _queue is None or threading.get_ident() != _owner:
+        yield
+        return
+    sync()
+    saved, _queue = _queue, None
+    try:
+        yield
+    finally:
+        _queue, _spans = saved, None
+
+
 def after_queue(fn) -> None:
     """Call ``fn()`` on this thread once what is queued now has run (a queued call's
     caller finishing its work: a convolution's partial weight gradients summed)."""
