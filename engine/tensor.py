@@ -261,9 +261,13 @@ class Function:
         self.needs_grad = tuple(t.requires_grad for t in tensors) if record else (False,) * len(tensors)
         arrays = [t.data for t in tensors]
         prof = _profile.active()
-        ys = _timed(prof, lambda: self.forward(*arrays), arrays[0], prof and prof.scope,
-                    self, "forward", lambda outs: self.macs(arrays, outs))
-        if prof is not None:
+        if prof is None:
+            ys = self.forward(*arrays)
+        else:
+            ys, seconds = prof.time_call(lambda: self.forward(*arrays), arrays[0])
+            outs = ys if isinstance(ys, tuple) else (ys,)
+            prof.record(prof.scope, type(self).__name__, "forward", seconds, outs,
+                        self.macs(arrays, outs))
             self._scope = prof.scope
         single = not isinstance(ys, tuple)
         outputs = [Tensor(y) for y in ((ys,) if single else ys)]
@@ -315,17 +319,6 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
     return Tensor(x)
 
 
-def _timed(prof, call, like, scope, f, phase, macs):
-    """call(), recorded by the Profiler ``prof`` (if any) under ``scope`` as ``f``'s
-    ``phase``, with ``macs(outputs)`` multiply-adds."""
-    if prof is None:
-        return call()
-    result, seconds = prof.time_call(call, like)
-    outs = result if isinstance(result, tuple) else (result,)
-    prof.record(scope, type(f).__name__, phase, seconds, outs, macs(outs))
-    return result
-
-
 def run_backward(root: Tensor, grad, retain_graph: bool = False) -> None:
     """Propagate ``grad`` from ``root`` to every leaf that requires a gradient.
 
@@ -375,8 +368,14 @@ def _walk(heap, pending, deliver, retain_graph) -> None:
                    for g, (shape, dtype) in zip(gys, f.output_specs)]
         # f may read a gradient that kernels have queued, unless it is one of those kernels
         with contextlib.nullcontext() if _schedule.deferrable(f) else _schedule.outside():
-            gxs = _timed(_profile.active(), lambda: f.backward(*gys), gys[0],
-                         getattr(f, "_scope", ""), f, "backward", lambda outs: 0)
+            prof = _profile.active()
+            if prof is None:
+                gxs = f.backward(*gys)
+            else:
+                gxs, seconds = prof.time_call(lambda: f.backward(*gys), gys[0])
+                outs = gxs if isinstance(gxs, tuple) else (gxs,)
+                prof.record(getattr(f, "_scope", ""), type(f).__name__, "backward", seconds,
+                            outs, 0)
         if not isinstance(gxs, tuple):
             gxs = (gxs,)
         if len(gxs) != len(f.inputs):
