@@ -95,11 +95,15 @@ def pipelined():
         yield
 
 
+def _cpu_pool():
+    """kernels.cpu.parallel if the CPU kernels have been loaded (else nothing can be queued)."""
+    return sys.modules.get("kernels.cpu.parallel")
+
+
 def _sync_cpu_kernels() -> None:
     """Run what :func:`pipelined` has queued (an op about to read its results elsewhere)."""
-    parallel = sys.modules.get("kernels.cpu.parallel")
-    if parallel is not None:
-        parallel.sync()
+    if _cpu_pool() is not None:
+        _cpu_pool().sync()
 
 
 def choose(fn: "KernelFunction", xs) -> str:
@@ -170,8 +174,7 @@ class KernelSchedule(BackwardSchedule):
         return getattr(f, "deferrable_backward", False)
 
     def outside(self):
-        parallel = sys.modules.get("kernels.cpu.parallel")
-        return parallel.paused() if parallel is not None else contextlib.nullcontext()
+        return _cpu_pool().paused() if _cpu_pool() is not None else contextlib.nullcontext()
 
 
 set_backward_schedule(KernelSchedule())

@@ -238,20 +238,21 @@ def _thread_spans(runs: list) -> list:
     return spans
 
 
-def _enqueue(body, runs: list, k: int, blas: bool, results: list) -> bool:
+def _enqueue(body, runs: list, k: int, blas: bool):
     """Queue the call if it has one run per thread (batches of up to ONE_RUN_PER_THREAD_UP_TO
     images per thread; larger ones keep two runs per thread, taken as the threads come
     free); a call that gives a thread other images than the queued ones do runs the queue
-    first."""
+    first. Returns the call's results-to-be (:class:`_Pending`), or None if not queued."""
     global _spans
     if k != THREADS or (blas and not blas_controllable()):
-        return False
+        return None
     spans = _thread_spans(runs)
     if _spans is not None and spans != _spans:
         sync()
     _spans = spans
+    results = _Pending([None] * k)
     _queue.append((body, runs, results))
-    return True
+    return results
 
 
 class _Pending(list):
@@ -317,8 +318,8 @@ def run(body, items: list, blas: bool = False, groups: int | None = None,
     k = min(len(items), groups or 2 * THREADS)
     runs = [items[len(items) * i // k:len(items) * (i + 1) // k] for i in range(k)]
     if _queue is not None and not independent and threading.get_ident() == _owner:
-        results = _Pending([None] * k)
-        if images and _enqueue(body, runs, k, blas, results):
+        results = _enqueue(body, runs, k, blas) if images else None
+        if results is not None:
             return results
         sync()
     if THREADS == 1 or k == 1 or (blas and not blas_controllable()):
