@@ -47,6 +47,8 @@ def blas_text(lib: dict) -> str:
     extra = [f"{lib['architecture']} kernels"] if lib.get("architecture") else []
     if lib.get("num_threads") is not None:
         extra.append(f"{lib['num_threads']} threads")
+    if lib.get("threading_layer"):
+        extra.append(f"{lib['threading_layer']} layer")
     return (f"{lib.get('internal_api', '?')} {lib.get('version') or ''}".strip()
             + (f" ({', '.join(extra)})" if extra else ""))
 

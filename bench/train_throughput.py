@@ -240,6 +240,8 @@ def _worker_ours(args) -> dict:
     from engine import SGD, Profiler, no_grad
     from models.googlenet import GoogLeNet, training_loss
 
+    from kernels.cpu import gemm as kernel_gemm
+    products = kernel_gemm.library()   # loads MKL where it is there, so that blas_info lists it
     blas = blas_info()      # before the CPU pool holds OpenBLAS at one thread
     gemm = sgemm_gflops() if args.device == "cpu" else None
     model = GoogLeNet(num_classes=args.num_classes, seed=0)
@@ -267,7 +269,8 @@ def _worker_ours(args) -> dict:
         loss.backward()
         opt.step()
 
-    out = {"base_rss_mib": base, "blas": blas, "sgemm_gflops": gemm,
+    out = {"base_rss_mib": base, "blas": blas, "kernel_products": products,
+           "sgemm_gflops": gemm,
            "openblas_env": overrides_seen()}
     _measure(args, model, infer, train, sync, out)
     if args.device == "cuda":
@@ -488,7 +491,7 @@ def run(args) -> dict:
                 runs[f].append(res)
                 if res.get("sgemm_gflops"):
                     gemms.append(res["sgemm_gflops"])
-                for key in ("blas", "openblas_env"):
+                for key in ("blas", "openblas_env", "kernel_products"):
                     if key in res:
                         report.setdefault("blas", {}).setdefault(f, {})[key] = res[key]
                 print(f"  batch {batch} round {r + 1}: {f} done in {time.perf_counter() - t0:.0f} s",
@@ -577,7 +580,9 @@ def format_table(report: dict) -> str:
              f"environment: OpenBLAS overrides {st.get('openblas_env', '-')}"]
     for f, info in report.get("blas", {}).items():
         libs = "; ".join(blas_text(lib) for lib in info.get("blas", [])) or "none found"
-        lines.append(f"BLAS ({f}): {libs}")
+        products = (f"; the kernels' products on {info['kernel_products']}"
+                    if info.get("kernel_products") else "")
+        lines.append(f"BLAS ({f}): {libs}{products}")
     if report.get("sgemm_gflops"):
         lines.append(f"SGEMM (NumPy, 2048^2 float32, in our workers' environment): "
                      f"{report['sgemm_gflops']:.0f} GFLOP/s median of "

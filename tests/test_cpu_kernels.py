@@ -585,6 +585,79 @@ def test_results_are_deterministic():
         np.testing.assert_array_equal(a, b)
 
 
+def _gemm_cases(dtype):
+    """(name, a, b, out) in every layout kernels.cpu.gemm hands to the BLAS, and some it
+    hands to NumPy: transposes, row and column slices, stacks a fixed distance apart."""
+    rng = np.random.default_rng(11)
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    def empty(*shape):
+        return np.full(shape, np.nan, dtype)          # out is never read
+    padded = r(4, 7 * 6 + 5)[:, :42].reshape(4, 7, 6)   # matrices 47 elements apart
+    yield "plain", r(5, 7), r(7, 3), empty(5, 3)
+    yield "a transposed", r(7, 5).T, r(7, 3), empty(5, 3)
+    yield "b transposed", r(5, 7), r(3, 7).T, empty(5, 3)
+    yield "row and column slices", r(9, 12)[2:7, 1:8], r(8, 11)[:7, 4:7], empty(5, 6)[:, 1:4]
+    yield "one row", r(1, 7), r(7, 3), empty(1, 3)
+    yield "one column", r(5, 7), r(7, 1), empty(5, 1)
+    yield "inner size one", r(5, 1), r(1, 3), empty(5, 3)
+    yield "stack", r(4, 5, 7), r(4, 7, 6), empty(4, 5, 6)
+    yield "padded stack transposed", r(4, 5, 6), padded.transpose(0, 2, 1), empty(4, 5, 7)
+    yield "stack into padded", r(4, 7, 5).transpose(0, 2, 1), r(4, 7, 6), \
+        empty(4, 5 * 6 + 3)[:, :30].reshape(4, 5, 6)
+    yield "strided both ways (NumPy)", r(10, 14)[::2, ::2], r(7, 3), empty(5, 3)
+    yield "stack broadcast (NumPy)", r(5, 7), r(4, 7, 6), empty(4, 5, 6)
+
+
+@pytest.mark.parametrize("library", ["numpy", "mkl"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_matches_a_float64_product_in_every_layout(monkeypatch, library, dtype):
+    from kernels.cpu import gemm
+    monkeypatch.setattr(gemm, "_choice", gemm._choice)
+    try:
+        gemm.use(library)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    assert gemm.library() == library
+    for name, a, b, out in _gemm_cases(dtype):
+        want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+        got = gemm.matmul(a, b, out=out)
+        assert got is out, name
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out, want, rtol=tol, atol=tol, err_msg=name)
+
+
+def test_gemm_products_over_the_size_limit_and_overlapping_ones_are_still_right(monkeypatch):
+    from kernels.cpu import gemm
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((6, 6)).astype(np.float32)
+    b = rng.standard_normal((6, 6)).astype(np.float32)
+    want = a.astype(np.float64) @ b
+    monkeypatch.setattr(gemm, "LARGE_OUT", 16)
+    np.testing.assert_allclose(gemm.matmul(a, b, np.empty((6, 6), np.float32)), want,
+                               rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(gemm, "LARGE_OUT", 1 << 30)
+    np.testing.assert_allclose(gemm.matmul(a, b, out=a), want, rtol=1e-5, atol=1e-5)
+
+
+def test_gemm_choice_errors_name_the_setting(monkeypatch):
+    from kernels.cpu import gemm
+    monkeypatch.setattr(gemm, "_choice", "auto")
+    monkeypatch.setattr(gemm, "_mkl", None)
+    monkeypatch.setattr(gemm, "_candidates", lambda: iter(()))
+    with pytest.raises(ValueError, match="GOOGLENET_BLAS must be one of auto, mkl, numpy"):
+        gemm.use("openblas")
+    with pytest.raises(RuntimeError, match="GOOGLENET_BLAS=mkl, but MKL could not be loaded"):
+        gemm.use("mkl")
+    assert gemm._choice == "auto" and gemm.library() == "numpy"
+    env = dict(os.environ, GOOGLENET_BLAS="fast")
+    run = subprocess.run([sys.executable, "-c", "import kernels.cpu.gemm"], env=env,
+                         capture_output=True, text=True, cwd=str(ROOT))
+    assert run.returncode != 0 and "GOOGLENET_BLAS must be one of" in run.stderr
+
+
 def test_workspace_is_reused_per_slot():
     a = workspace.get("test-slot", (3, 4), np.float32)
     b = workspace.get("test-slot", (2, 5), np.float32)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import parallel
+from . import gemm, parallel
 
 MIN_SIZE = 1 << 16
 
@@ -112,15 +112,15 @@ def matmul(a, b, independent: bool = False):
     if parallel.threads() == 1 or max(a.size, b.size, out.size) < MIN_SIZE or max(m, n) < 2:
         if not independent:
             parallel.sync()
-        return np.matmul(a, b, out=out)
+        return gemm.matmul(a, b, out=out)
     if n >= 8 * m:
         k = min(n, 2 * parallel.threads())
-        parallel.run(lambda runs: [np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+        parallel.run(lambda runs: [gemm.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
                                    for lo, hi in runs],
                      [(n * i // k, n * (i + 1) // k) for i in range(k)], blas=True,
                      independent=independent)
         return out
-    parallel.run(lambda rows: np.matmul(a[rows[0]:rows[-1] + 1], b,
+    parallel.run(lambda rows: gemm.matmul(a[rows[0]:rows[-1] + 1], b,
                                         out=out[rows[0]:rows[-1] + 1]),
                  list(range(m)), blas=True, independent=independent)
     return out

@@ -41,7 +41,7 @@ import functools
 import numpy as np
 from numba import njit
 
-from . import arrays, parallel, winograd, workspace
+from . import arrays, gemm, parallel, winograd, workspace
 from .loops import add, add_strided, copy, copy_strided, u64, zero
 
 # Images per GEMM so that it has at least this many columns (output pixels). Larger GEMMs run
@@ -422,7 +422,7 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
     v = _stack("wino_v", count, c, nt, u.dtype)
     prod = _stack("wino_m", count, o, nt, u.dtype)
     into(src3, s0, h, w, k, v)
-    np.matmul(u, v, out=prod)                # (m+2)^2 GEMMs (O, C) @ (C, g*tiles)
+    gemm.matmul(u, v, out=prod)              # (m+2)^2 GEMMs (O, C) @ (C, g*tiles)
     out_of(prod, bias, has_bias, relu, k, n0, h, w, out3)
 
 
@@ -438,7 +438,7 @@ def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out):
     z = _stack("wino_z", count, o, nt, out.dtype)
     winograd.TRANSFORMS[count][0](x3, n0, h, w, k, v)
     winograd.GRADIENT_TRANSFORMS[count](gy_images, 0, h, w, k, z)
-    np.matmul(z, v.transpose(0, 2, 1), out=out)     # count GEMMs (O, tiles) @ (tiles, C)
+    gemm.matmul(z, v.transpose(0, 2, 1), out=out)   # count GEMMs (O, tiles) @ (tiles, C)
 
 
 def _flat_images(x):
@@ -491,17 +491,17 @@ def conv2d(x, w, b, stride, pad, relu):
                 for y0, y1 in row_bands:
                     col = workspace.get("col", (ck, (y1 - y0) * ow), x.dtype)
                     im2col_rows(planes, kh, kw, ow, y0, y1, col)
-                    np.matmul(w2, col, out=y2[:, y0 * ow:y1 * ow])
+                    gemm.matmul(w2, col, out=y2[:, y0 * ow:y1 * ow])
                     bias_relu(y2, bias, b is not None, relu, y0 * ow, y1 * ow)
             return
         for n0, g in chunks:
             col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
             if g == 1:
-                np.matmul(w2, col, out=y3[n0])
+                gemm.matmul(w2, col, out=y3[n0])
                 bias_relu(y3[n0], bias, b is not None, relu, 0, p)
                 continue
             out = workspace.get("gemm", (o, g * p), x.dtype)
-            np.matmul(w2, col, out=out)
+            gemm.matmul(w2, col, out=out)
             epilogue(out, bias, b is not None, relu, y3, n0)
 
     per_chunk = 1 if row_bands else images_per_chunk(n, p, direct)
@@ -574,7 +574,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                     if need_w:
                         col = workspace.get("col", (ck, width), x.dtype)
                         im2col_rows(planes, kh, kw, ow, y0, y1, col)
-                        add_gw(lambda part: np.matmul(col, gyc.T, out=part))
+                        add_gw(lambda part: gemm.matmul(col, gyc.T, out=part))
             return gw2, gb
         for n0, g in chunks:
             gyc = workspace.get("gy", (o, g * p), x.dtype)
@@ -586,16 +586,16 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                 add_gw(lambda part: _winograd_weights_chunk(x3, n0, gy_images, h, wd, g, part))
             elif need_w:
                 col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
-                add_gw(lambda part: np.matmul(gyc, col.T, out=part))
+                add_gw(lambda part: gemm.matmul(gyc, col.T, out=part))
             if wino:
                 _winograd_chunk(gy_images, 0, u_t, u_t[0, :, 0], False, False, h, wd, gx3,
                                 n0, g)
             elif need_x:
                 if direct and g == 1:
-                    np.matmul(w2t, gyc, out=gx[n0].reshape(c, p))
+                    gemm.matmul(w2t, gyc, out=gx[n0].reshape(c, p))
                     continue
                 gcol = workspace.get("gcol", (ck, g * p), x.dtype)
-                np.matmul(w2t, gyc, out=gcol)
+                gemm.matmul(w2t, gyc, out=gcol)
                 if direct:
                     epilogue(gcol, gcol[:, 0], False, False, gx.reshape(n, c, p), n0)
                 elif p <= SMALL_MAP:

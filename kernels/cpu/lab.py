@@ -4,6 +4,7 @@ against the plain NumPy path, then timed on GoogLeNet's shapes.
     python -m kernels.cpu.lab                  # batch 8, every kernel, one thread
     python -m kernels.cpu.lab --batch 32 --only pool,lrn
     python -m kernels.cpu.lab --only winograd  # 3x3: direct, F(2x2), F(4x4); 5x5: direct, F(4x4)
+    python -m kernels.cpu.lab --only gemm      # the products by NumPy's BLAS and by MKL
 
 Version 1 of each kernel is the direct transcription: per-element signed indexing
 (``col[r, base + q] = x[n, c, hh, ww] if inside else 0``), one window scanned tap by tap per
@@ -388,7 +389,70 @@ def lab_winograd(n, repeat):
     lab_winograd_5x5(n, repeat)
 
 
-LABS = {"im2col": lab_im2col, "pool": lab_pool, "lrn": lab_lrn, "winograd": lab_winograd}
+# (name, a's shape, b's shape, a transposed, b transposed): products of a batch-8 training
+# step as one pool thread makes them (4 images), with their layouts.
+GEMMS = [
+    ("conv1 band fwd", (64, 147), (147, 2016), False, False),
+    ("conv1 band gW^T", (147, 2016), (2016, 64), False, True),
+    ("conv2 wino fwd", (36, 192, 64), (36, 64, 784), False, False),
+    ("conv2 wino gx", (36, 64, 192), (36, 192, 196), False, False),     # one image a chunk
+    ("conv2 wino gW", (36, 192, 196), (36, 196, 64), False, True),
+    ("3b 1x1 fwd", (320, 256), (256, 3136), False, False),
+    ("4b 1x1 gW", (288, 784), (784, 512), False, True),
+    ("4b 1x1 gx", (512, 288), (288, 784), True, False),
+    ("4e 3x3 fwd", (320, 1440), (1440, 784), False, False),
+    ("5b 1x1 fwd", (832, 832), (832, 196), False, False),
+]
+
+
+def lab_gemm(n, repeat):
+    """The kernels' products by NumPy's BLAS and by MKL (``kernels.cpu.gemm``), each checked
+    against a float64 product, then timed on one thread with warm caches: the shapes of one
+    pool thread's share of a batch-8 step (``--batch`` does not change them). Products with
+    more than ``gemm.LARGE_OUT`` bytes of result (marked *) run on NumPy's BLAS in a step,
+    where their result is not in the cache; here both libraries are timed."""
+    from . import gemm
+    parallel.claim_cores()              # OpenBLAS on one thread, as in the pool
+    previous, large = gemm.choice(), gemm.LARGE_OUT
+    gemm.LARGE_OUT = 1 << 62
+    libraries = ["numpy"]
+    try:
+        gemm.use("mkl")
+        libraries.append("mkl")
+    except RuntimeError as e:
+        print(f"(MKL not measured: {e})")
+    print(f"products, one thread (ms per call){'':>14}" + "".join(f"{x:>10}" for x in libraries)
+          + "  GFLOP/s" + ("  numpy/mkl" if len(libraries) > 1 else ""))
+    rng = np.random.default_rng(0)
+    try:
+        for name, sa, sb, ta, tb in GEMMS:
+            a = rng.standard_normal(sa[:-2] + sa[-2:][::-1] if ta else sa).astype(np.float32)
+            b = rng.standard_normal(sb[:-2] + sb[-2:][::-1] if tb else sb).astype(np.float32)
+            a = np.swapaxes(a, -1, -2) if ta else a
+            b = np.swapaxes(b, -1, -2) if tb else b
+            out = np.empty(np.broadcast_shapes(sa[:-2], sb[:-2]) + (sa[-2], sb[-1]), np.float32)
+            ref = np.matmul(a.astype(np.float64), b.astype(np.float64))
+            times = []
+            for lib in libraries:
+                gemm.use(lib)
+                out.fill(np.nan)
+                gemm.matmul(a, b, out)
+                err = np.abs(out - ref).max() / np.abs(ref).max()
+                assert err < 1e-5, f"{name} by {lib}: relative error {err:.1e}"
+                times.append(_time(lambda: gemm.matmul(a, b, out), repeat))
+            flops = 2 * out.size * sa[-1]
+            mark = "*" if out.nbytes > large else " "
+            print(f"{name:<15}{mark}{str(sa) + ' @ ' + str(sb):>32}"
+                  + "".join(f"{t * 1e3:>10.2f}" for t in times)
+                  + "".join(f"{flops / t / 1e9:>7.0f}" for t in times)
+                  + (f"{times[0] / times[1]:>9.2f}x" if len(times) > 1 else ""))
+    finally:
+        gemm.use(previous)
+        gemm.LARGE_OUT = large
+
+
+LABS = {"im2col": lab_im2col, "pool": lab_pool, "lrn": lab_lrn, "winograd": lab_winograd,
+        "gemm": lab_gemm}
 
 
 def main(argv=None) -> int:
