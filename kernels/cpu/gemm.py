@@ -5,13 +5,14 @@
 Each product is single-threaded: the pool (:mod:`kernels.cpu.parallel`) gives each of its
 threads its own images or rows, so the BLAS must not start threads of its own.
 
-Why MKL where it is there: on the step's own shapes (one thread, warm operands, the AVX-512
-kernels of both libraries) MKL's SGEMM ran 1.05-1.29x OpenBLAS's rate, most at 1.15-1.2x:
-conv1's (64, 147) @ (147, 2016) 167 against 140 GFLOP/s and its weight gradient
-(64, 2016) @ (2016, 147) 123 against 95, the Winograd products (192, 64) @ (64, 784) 170
-against 146, a 28x28 1x1 layer's (256, 256) @ (256, 3136) 177 against 145. PyTorch's CPU build
-uses MKL for its own products. Both libraries compute the same sums in other orders, so
-results agree to float32 rounding (the tests compare each path with NumPy's).
+Why MKL where it is there: on the step's own shapes (``python -m kernels.cpu.lab --only
+gemm``: one thread, warm operands, the AVX-512 kernels of both libraries) MKL's SGEMM ran
+1.02-1.45x OpenBLAS's rate: conv1's band (64, 147) @ (147, 2016) 1.13x and its weight
+gradient 1.45x, conv2's Winograd gradient products 1.19x and 1.34x, a 28x28 1x1 layer's
+(320, 256) @ (256, 3136) 1.15x; whole training steps 1.065x at batch 8 and 1.116x at batch
+32 (``docs/performance_cpu.md``, ninth round). PyTorch's CPU build uses MKL for its own
+products. Both libraries compute the same sums in other orders, so results agree to
+float32 rounding (the tests compare each path with a float64 product).
 
 One kind of product stays on NumPy's BLAS: a result of more than ``LARGE_OUT`` bytes
 (16 MiB). conv2's Winograd forward writes 36 x (192, 784) floats (21.7 MB) per 4-image
@@ -70,7 +71,8 @@ def _candidates():
 
 
 class _Mkl:
-    """ctypes bindings of the four functions used, with their argument types fixed."""
+    """ctypes bindings of the products used (plain and batched, float32 and float64), with
+    their argument types fixed; MKL set to its sequential layer, one thread."""
 
     def __init__(self, lib):
         lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
