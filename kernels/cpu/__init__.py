@@ -19,6 +19,8 @@ the batch out over the threads. Modules:
 * ``loops``     -- the copy/add/zero loops they share (unsigned indices, so they vectorise);
 * ``arrays``    -- whole-array NumPy work the main thread would otherwise do alone (gradient
   sums and copies, concatenation, the linear layers' GEMMs), in slices on the pool;
+* ``gemm``      -- the matrix products: MKL's sequential SGEMM where the ``mkl`` package is
+  installed (``GOOGLENET_BLAS``), NumPy's BLAS otherwise, one thread per product;
 * ``parallel``  -- the thread pool: whole images per thread, OpenBLAS on one thread;
 * ``memory``    -- keeps freed memory in the process (glibc's mmap threshold), so large
   arrays reuse pages from step to step;
