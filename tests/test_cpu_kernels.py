@@ -652,6 +652,11 @@ def test_gemm_choice_errors_name_the_setting(monkeypatch):
     with pytest.raises(RuntimeError, match="GOOGLENET_BLAS=mkl, but MKL could not be loaded"):
         gemm.use("mkl")
     assert gemm._choice == "auto" and gemm.library() == "numpy"
+    monkeypatch.setattr(gemm, "_choice", "mkl")            # as GOOGLENET_BLAS=mkl sets it
+    a = np.ones((2, 2), np.float32)
+    for _ in range(2):                                      # not only on the first product
+        with pytest.raises(RuntimeError, match="GOOGLENET_BLAS=mkl, but MKL could not be"):
+            gemm.matmul(a, a, np.empty((2, 2), np.float32))
     env = dict(os.environ, GOOGLENET_BLAS="fast")
     run = subprocess.run([sys.executable, "-c", "import kernels.cpu.gemm"], env=env,
                          capture_output=True, text=True, cwd=str(ROOT))

@@ -104,24 +104,31 @@ def _intel_cpu() -> bool:
         return "intel" in platform.processor().lower()
 
 
-def _load():
-    global _mkl, _load_error
-    if _mkl is not None:
-        return _mkl
-    _mkl = False
+def _open():
+    """The loaded library's bindings, or False (``_load_error`` says why)."""
+    global _load_error
     if _choice == "auto" and not _intel_cpu():
         _load_error = "not an Intel CPU (GOOGLENET_BLAS=mkl loads it anyway)"
-        return _mkl
+        return False
     for path in _candidates():
         if not os.path.exists(path):
             continue
         try:
-            _mkl = _Mkl(ctypes.CDLL(path))
-            return _mkl
+            return _Mkl(ctypes.CDLL(path))
         except (OSError, AttributeError) as e:
             _load_error = f"{path}: {e}"
     if not _load_error:
         _load_error = "the mkl package is not installed (pip install mkl)"
+    return False
+
+
+def _load():
+    """MKL's bindings, or False; an error when GOOGLENET_BLAS=mkl and MKL is not there."""
+    global _mkl
+    if _mkl is None:
+        _mkl = _open()
+    if not _mkl and _choice == "mkl":
+        raise RuntimeError(f"GOOGLENET_BLAS=mkl, but MKL could not be loaded: {_load_error}")
     return _mkl
 
 
@@ -134,9 +141,11 @@ def use(choice: str) -> None:
     if choice == "mkl":
         if not _mkl:
             _mkl = None                     # try again, whatever the CPU
-        if not _load():
+        try:
+            _load()
+        except RuntimeError:
             _choice = previous
-            raise RuntimeError(f"GOOGLENET_BLAS=mkl, but MKL could not be loaded: {_load_error}")
+            raise
 
 
 def choice() -> str:
@@ -169,6 +178,8 @@ def matmul(a, b, out):
     (count, M, K) @ (count, K, N) -> (count, M, N); out is never read and may not overlap
     a or b."""
     mkl = _mkl if _mkl is not None else _load()
+    if not mkl and _choice == "mkl":
+        _load()                             # the error saying why MKL is not there
     if not mkl or _choice == "numpy":
         return np.matmul(a, b, out=out)
     dtype = out.dtype
