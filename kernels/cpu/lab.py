@@ -4,6 +4,7 @@ against the plain NumPy path, then timed on GoogLeNet's shapes.
     python -m kernels.cpu.lab                  # batch 8, every kernel, one thread
     python -m kernels.cpu.lab --batch 32 --only pool,lrn
     python -m kernels.cpu.lab --only winograd  # 3x3: direct, F(2x2), F(4x4); 5x5: direct, F(4x4)
+    python -m kernels.cpu.lab --only transforms  # the Winograd transforms, v1 and v2
     python -m kernels.cpu.lab --only gemm      # the products by NumPy's BLAS and by MKL
 
 Version 1 of each kernel is the direct transcription: per-element signed indexing
@@ -25,7 +26,11 @@ Version 2 is what ``kernels.cpu`` runs (version 3 for max pooling). What changed
   ``kernels.cpu`` runs for GoogLeNet's 3x3/1 and 3x3/2 pools): the whole flat array of a
   run's planes in blocks, its borders redone, and for 3x3/1 a gather backward;
 * LRN by blocks of pixels, channel by channel, in the data's dtype, ``s ** 0.75`` as
-  ``sqrt(s) * sqrt(sqrt(s))``.
+  ``sqrt(s) * sqrt(sqrt(s))``;
+* the Winograd transforms of F(4x4, 3x3) (input, output, gradient) and F(4x4, 5x5) (output,
+  gradient): each pass over a plane is one loop over all its tiles, where version 1 looped
+  tile row by tile row over 7 or 14 tiles, too few for the vector loop (``--only
+  transforms``: 1.5-4.2x; the results are the same to the bit).
 
 Times are per call over the whole batch on one thread (``time.thread_time``, median of
 ``--repeat``), so a busy machine disturbs them less than wall-clock times.
@@ -46,6 +51,7 @@ from layers.im2col import conv_out_size
 from layers.im2col import im2col as np_im2col
 
 from . import conv, lrn, parallel, pool, winograd
+from .loops import u64
 
 
 # ---------------------------------------------------------------- version 1 of each
@@ -113,6 +119,198 @@ def lrn_forward_v1(x3, size, alpha, beta, k, y3):
                     v = np.float64(x3[ni, cc, p])
                     acc += v * v
                 y3[ni, ci, p] = x3[ni, ci, p] * (k + alpha / size * acc) ** -beta
+
+
+# ---------------------------------------------------------------- Winograd transforms, v1
+# Tile row by tile row: each row's loops run over its TW tiles (7 or 14 on GoogLeNet's
+# maps), too few for LLVM's vector loops, which then run scalar. Version 2
+# (``winograd``) loops over all of a plane's tiles at once.
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _store_rows_v1(rows, ty, h, w, b, relu, dst):
+    """dst (H*W) rows 4 ty .. 4 ty + 3 (those inside the map) = rows[r, :W] + b, then ReLU:
+    the last step of the 4x4-tile output transforms."""
+    for r in range(min(4, h - 4 * ty)):
+        row = rows[r]
+        base = u64((4 * ty + r) * w)
+        if relu:
+            for q in range(u64(w)):
+                val = row[q] + b
+                dst[base + q] = 0 if val < 0 else val
+        else:
+            for q in range(u64(w)):
+                dst[base + q] = row[q] + b
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def input_transform_f4_v1(x3, n0, h, w, k, v):
+    """F(4x4, 3x3): V (36, C, g*TH*TW) = B^T d B for every 6x6 tile d of images n0 .. n0+g-1 of x3
+    (N, C, H*W) (any strides); ``k`` from :func:`constants`. Per tile row, S = B^T d runs along whole
+    buffer rows, then each of S's six rows gives six of V's matrices, tiles contiguous."""
+    c = x3.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = v.shape[2] // nt
+    wp = 4 * tw + 2
+    buf = np.zeros((4 * th + 2, wp), dtype=v.dtype)    # rows/columns past the map stay 0
+    s = np.empty((6, wp), dtype=v.dtype)
+    c2, c4, c5 = k[0], k[1], k[2]
+    for gi in range(g):
+        for ci in range(c):
+            src = x3[n0 + gi, ci]
+            winograd._load_plane(buf, 1, src, h, w)
+            for ty in range(th):
+                r0, r1, r2 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2]
+                r3, r4, r5 = buf[4 * ty + 3], buf[4 * ty + 4], buf[4 * ty + 5]
+                for q in range(u64(wp)):
+                    s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q] = winograd._bt6(
+                        r0[q], r1[q], r2[q], r3[q], r4[q], r5[q], c2, c4, c5)
+                t0 = u64(gi * nt + ty * tw)
+                for a in range(6):
+                    sa = s[a]
+                    va0, va1, va2 = v[6 * a, ci], v[6 * a + 1, ci], v[6 * a + 2, ci]
+                    va3, va4, va5 = v[6 * a + 3, ci], v[6 * a + 4, ci], v[6 * a + 5, ci]
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        t = t0 + tx
+                        va0[t], va1[t], va2[t], va3[t], va4[t], va5[t] = winograd._bt6(
+                            sa[j], sa[j + 1], sa[j + 2], sa[j + 3], sa[j + 4], sa[j + 5],
+                            c2, c4, c5)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def gradient_transform_f4_v1(g3, n0, h, w, k, u):
+    """F(4x4, 3x3), for the weight gradient: Z (36, O, g*TH*TW) = A e A^T for every 4x4
+    tile e of the output gradient g3[n0 .. n0+g-1] (*, O, H*W) (any strides; zero past the
+    map's edge). Then gW = G^T (sum over tiles of Z * V) G (:func:`filter_gradient`), V the
+    input transform of x: the forward's Y = A^T (U * V) A, differentiated with respect to
+    the filter."""
+    o_ = g3.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = u.shape[2] // nt
+    wp = 4 * tw
+    buf = np.zeros((4 * th, wp), dtype=u.dtype)        # rows/columns past the map stay 0
+    s = np.empty((6, wp), dtype=u.dtype)
+    c2, c4, c8 = k[0], k[1], k[3]
+    for gi in range(g):
+        for oi in range(o_):
+            src = g3[n0 + gi, oi]
+            winograd._load_plane(buf, 0, src, h, w)
+            for ty in range(th):
+                r0, r1, r2, r3 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2], buf[4 * ty + 3]
+                for q in range(u64(wp)):
+                    s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q] = winograd._a4(
+                        r0[q], r1[q], r2[q], r3[q], c2, c4, c8)
+                t0 = u64(gi * nt + ty * tw)
+                for a in range(6):
+                    sa = s[a]
+                    ua0, ua1, ua2 = u[6 * a, oi], u[6 * a + 1, oi], u[6 * a + 2, oi]
+                    ua3, ua4, ua5 = u[6 * a + 3, oi], u[6 * a + 4, oi], u[6 * a + 5, oi]
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        t = t0 + tx
+                        ua0[t], ua1[t], ua2[t], ua3[t], ua4[t], ua5[t] = winograd._a4(
+                            sa[j], sa[j + 1], sa[j + 2], sa[j + 3], c2, c4, c8)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def output_transform_f4_v1(m, bias, has_bias, relu, k, n0, h, w, y3):
+    """F(4x4, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every tile of
+    M (36, O, g*TH*TW); the parts of tiles past the map's edge are dropped. Per tile row,
+    T = A^T M for all its tiles, then the four output rows, written in full."""
+    o_ = m.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = m.shape[2] // nt
+    tr = np.empty((4, 6, tw), dtype=m.dtype)
+    rows = np.empty((4, 4 * tw), dtype=m.dtype)
+    c2, c4, c8 = k[0], k[1], k[3]
+    for gi in range(g):
+        for o in range(o_):
+            dst = y3[n0 + gi, o]
+            b = bias[o] if has_bias else 0
+            for ty in range(th):
+                t0 = u64(gi * nt + ty * tw)
+                for col in range(6):
+                    m0, m1, m2 = m[col, o], m[6 + col, o], m[12 + col, o]
+                    m3, m4, m5 = m[18 + col, o], m[24 + col, o], m[30 + col, o]
+                    for tx in range(u64(tw)):
+                        t = t0 + tx
+                        tr[0, col, tx], tr[1, col, tx], tr[2, col, tx], tr[3, col, tx] = winograd._at6(
+                            m0[t], m1[t], m2[t], m3[t], m4[t], m5[t], c2, c4, c8)
+                for r in range(4):
+                    e, row = tr[r], rows[r]
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        row[j], row[j + 1], row[j + 2], row[j + 3] = winograd._at6(
+                            e[0, tx], e[1, tx], e[2, tx], e[3, tx], e[4, tx], e[5, tx],
+                            c2, c4, c8)
+                _store_rows_v1(rows, ty, h, w, b, relu, dst)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def output_transform_f45_v1(m, bias, has_bias, relu, k, n0, h, w, y3):
+    """F(4x4, 5x5): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every
+    tile of M (64, O, g*TH*TW); as :func:`output_transform_f4`, with 8x8 tiles."""
+    o_ = m.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = m.shape[2] // nt
+    tr = np.empty((4, 8, tw), dtype=m.dtype)
+    rows = np.empty((4, 4 * tw), dtype=m.dtype)
+    for gi in range(g):
+        for o in range(o_):
+            dst = y3[n0 + gi, o]
+            b = bias[o] if has_bias else 0
+            for ty in range(th):
+                t0 = u64(gi * nt + ty * tw)
+                for col in range(8):
+                    m0, m1, m2, m3 = m[col, o], m[8 + col, o], m[16 + col, o], m[24 + col, o]
+                    m4, m5, m6, m7 = m[32 + col, o], m[40 + col, o], m[48 + col, o], m[56 + col, o]
+                    for tx in range(u64(tw)):
+                        t = t0 + tx
+                        tr[0, col, tx], tr[1, col, tx], tr[2, col, tx], tr[3, col, tx] = winograd._at8(
+                            m0[t], m1[t], m2[t], m3[t], m4[t], m5[t], m6[t], m7[t], k)
+                for r in range(4):
+                    e, row = tr[r], rows[r]
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        row[j], row[j + 1], row[j + 2], row[j + 3] = winograd._at8(
+                            e[0, tx], e[1, tx], e[2, tx], e[3, tx], e[4, tx], e[5, tx],
+                            e[6, tx], e[7, tx], k)
+                _store_rows_v1(rows, ty, h, w, b, relu, dst)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def gradient_transform_f45_v1(g3, n0, h, w, k, u):
+    """F(4x4, 5x5), for the weight gradient: Z (64, O, g*TH*TW) = A e A^T for every 4x4
+    tile e of the output gradient g3[n0 .. n0+g-1] (*, O, H*W) (any strides; zero past the
+    map's edge); as :func:`gradient_transform_f4`, with A 8x4."""
+    o_ = g3.shape[1]
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    nt = th * tw
+    g = u.shape[2] // nt
+    wp = 4 * tw
+    buf = np.zeros((4 * th, wp), dtype=u.dtype)        # rows/columns past the map stay 0
+    s = np.empty((8, wp), dtype=u.dtype)
+    for gi in range(g):
+        for oi in range(o_):
+            src = g3[n0 + gi, oi]
+            winograd._load_plane(buf, 0, src, h, w)
+            for ty in range(th):
+                r0, r1, r2, r3 = buf[4 * ty], buf[4 * ty + 1], buf[4 * ty + 2], buf[4 * ty + 3]
+                for q in range(u64(wp)):
+                    (s[0, q], s[1, q], s[2, q], s[3, q], s[4, q], s[5, q], s[6, q],
+                     s[7, q]) = winograd._a8(r0[q], r1[q], r2[q], r3[q], k)
+                t0 = u64(gi * nt + ty * tw)
+                for a in range(8):
+                    sa = s[a]
+                    ua0, ua1, ua2, ua3, ua4, ua5, ua6, ua7 = winograd._rows8(u, a, oi)
+                    for tx in range(u64(tw)):
+                        j = 4 * tx
+                        t = t0 + tx
+                        ua0[t], ua1[t], ua2[t], ua3[t], ua4[t], ua5[t], ua6[t], ua7[t] = winograd._a8(
+                            sa[j], sa[j + 1], sa[j + 2], sa[j + 3], k)
 
 
 # ---------------------------------------------------------------- shapes and harness
@@ -389,6 +587,44 @@ def lab_winograd(n, repeat):
     lab_winograd_5x5(n, repeat)
 
 
+def lab_transforms(n, repeat):
+    """The Winograd transforms that changed, version 1 (:func:`input_transform_f4_v1` and
+    the rest above) against ``winograd``'s, on a pool thread's chunk of a batch (half the
+    images, as at batch 8 on two threads): F(4x4, 3x3) on the 56x56 and 28x28 layers, and
+    F(4x4, 5x5)'s output and gradient transforms on the 28x28 ones. Each pair must give the
+    same bits (the same sums in the same order) before it is timed."""
+    rng = np.random.default_rng(5)
+    g = max(1, n // 2)
+    print(f"Winograd transforms, {g} images per call (ms)      v1        v2   v1/v2")
+    layers = [(name, c, o, h, 36) for name, c, o, h in WINOGRAD if h >= 16]
+    layers += [(name, c, o, h, 64) for name, c, o, h in WINOGRAD_5X5 if h >= 16]
+    for name, c, o, h, count in layers:
+        nt = winograd.tiles(h, h, 4)
+        k = winograd.constants(np.float32, count)
+        x = rng.standard_normal((g, c, h * h), dtype=np.float32)
+        gy = rng.standard_normal((g, o, h * h), dtype=np.float32)
+        m = rng.standard_normal((count, o, g * nt), dtype=np.float32)
+        bias = rng.standard_normal(o, dtype=np.float32)
+        cases = [("output", (output_transform_f4_v1 if count == 36 else output_transform_f45_v1,
+                             winograd.TRANSFORMS[count][1]),
+                  lambda f, out: f(m, bias, True, True, k, 0, h, h, out), (g, o, h * h)),
+                 ("gradient", (gradient_transform_f4_v1 if count == 36 else gradient_transform_f45_v1,
+                               winograd.GRADIENT_TRANSFORMS[count]),
+                  lambda f, out: f(gy, 0, h, h, k, out), (count, o, g * nt))]
+        if count == 36:
+            cases.insert(0, ("input", (input_transform_f4_v1, winograd.TRANSFORMS[36][0]),
+                             lambda f, out: f(x, 0, h, h, k, out), (count, c, g * nt)))
+        for what, fns, call, shape in cases:
+            outs = [np.full(shape, np.nan, np.float32) for _ in fns]
+            for f, out in zip(fns, outs):
+                call(f, out)
+            assert np.array_equal(outs[0], outs[1]), f"{name} {what}: v2 differs from v1"
+            times = [_time(lambda f=f, out=out: call(f, out), repeat) for f, out in zip(fns, outs)]
+            form = "F(4x4, 3x3)" if count == 36 else "F(4x4, 5x5)"
+            print(f"{name:<8} {form} {what:<9}{'':>17}" + "".join(f"{t * 1e3:>10.3f}" for t in times)
+                  + f"{times[0] / times[1]:>7.2f}x")
+
+
 # (name, a's shape, b's shape, a transposed, b transposed): products of a batch-8 training
 # step as one pool thread makes them (4 images), with their layouts.
 GEMMS = [
@@ -452,7 +688,7 @@ def lab_gemm(n, repeat):
 
 
 LABS = {"im2col": lab_im2col, "pool": lab_pool, "lrn": lab_lrn, "winograd": lab_winograd,
-        "gemm": lab_gemm}
+        "transforms": lab_transforms, "gemm": lab_gemm}
 
 
 def main(argv=None) -> int:
