@@ -27,10 +27,10 @@ Version 2 is what ``kernels.cpu`` runs (version 3 for max pooling). What changed
   run's planes in blocks, its borders redone, and for 3x3/1 a gather backward;
 * LRN by blocks of pixels, channel by channel, in the data's dtype, ``s ** 0.75`` as
   ``sqrt(s) * sqrt(sqrt(s))``;
-* the Winograd transforms of F(4x4, 3x3) (input, output, gradient) and F(4x4, 5x5) (output,
-  gradient): each pass over a plane is one loop over all its tiles, where version 1 looped
-  tile row by tile row over 7 or 14 tiles, too few for the vector loop (``--only
-  transforms``: 1.5-4.2x; the results are the same to the bit).
+* the Winograd transforms of F(4x4, 3x3) (input, output, gradient), F(4x4, 5x5) (output,
+  gradient) and F(2x2, 3x3): each pass over a plane is one loop over all its tiles, where
+  version 1 looped tile row by tile row over 7 or 14 tiles, too few for the vector loop
+  (``--only transforms``: 1.2-4.2x; the results are the same to the bit).
 
 Times are per call over the whole batch on one thread (``time.thread_time``, median of
 ``--repeat``), so a busy machine disturbs them less than wall-clock times.
@@ -125,6 +125,83 @@ def lrn_forward_v1(x3, size, alpha, beta, k, y3):
 # Tile row by tile row: each row's loops run over its TW tiles (7 or 14 on GoogLeNet's
 # maps), too few for LLVM's vector loops, which then run scalar. Version 2
 # (``winograd``) loops over all of a plane's tiles at once.
+@njit(cache=True, nogil=True, error_model="numpy")
+def input_transform_f2_v1(x3, n0, h, w, k, v):
+    """F(2x2, 3x3): V (16, C, g*TH*TW) = B^T d B for every 4x4 tile d of images n0 .. n0+g-1
+    of x3 (N, C, H*W) (``k`` unused). Each (image, channel) plane is first copied into a
+    zero-bordered buffer so that every tile reads in bounds."""
+    c = x3.shape[1]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    nt = th * tw
+    g = v.shape[2] // nt
+    hp, wp = 2 * th + 2, 2 * tw + 2
+    buf = np.zeros((hp, wp), dtype=v.dtype)
+    for gi in range(g):
+        for ci in range(c):
+            src = x3[n0 + gi, ci]
+            winograd._load_plane(buf, 1, src, h, w)
+            t0 = gi * nt
+            for ty in range(th):
+                r0, r1, r2, r3 = buf[2 * ty], buf[2 * ty + 1], buf[2 * ty + 2], buf[2 * ty + 3]
+                for tx in range(tw):
+                    t = u64(t0 + ty * tw + tx)
+                    j = 2 * tx
+                    # S = B^T d (rows), then V = S B (columns)
+                    s00, s01, s02, s03 = r0[j] - r2[j], r0[j + 1] - r2[j + 1], r0[j + 2] - r2[j + 2], r0[j + 3] - r2[j + 3]
+                    s10, s11, s12, s13 = r1[j] + r2[j], r1[j + 1] + r2[j + 1], r1[j + 2] + r2[j + 2], r1[j + 3] + r2[j + 3]
+                    s20, s21, s22, s23 = r2[j] - r1[j], r2[j + 1] - r1[j + 1], r2[j + 2] - r1[j + 2], r2[j + 3] - r1[j + 3]
+                    s30, s31, s32, s33 = r1[j] - r3[j], r1[j + 1] - r3[j + 1], r1[j + 2] - r3[j + 2], r1[j + 3] - r3[j + 3]
+                    v[0, ci, t], v[1, ci, t] = s00 - s02, s01 + s02
+                    v[2, ci, t], v[3, ci, t] = s02 - s01, s01 - s03
+                    v[4, ci, t], v[5, ci, t] = s10 - s12, s11 + s12
+                    v[6, ci, t], v[7, ci, t] = s12 - s11, s11 - s13
+                    v[8, ci, t], v[9, ci, t] = s20 - s22, s21 + s22
+                    v[10, ci, t], v[11, ci, t] = s22 - s21, s21 - s23
+                    v[12, ci, t], v[13, ci, t] = s30 - s32, s31 + s32
+                    v[14, ci, t], v[15, ci, t] = s32 - s31, s31 - s33
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def output_transform_f2_v1(m, bias, has_bias, relu, k, n0, h, w, y3):
+    """F(2x2, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every
+    tile of M (16, O, g*TH*TW) (``k`` unused); the half-tiles past an odd-sized map's edge
+    are dropped."""
+    o_ = m.shape[1]
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    nt = th * tw
+    g = m.shape[2] // nt
+    for gi in range(g):
+        for o in range(o_):
+            dst = y3[n0 + gi, o]
+            b = bias[o] if has_bias else 0
+            t0 = gi * nt
+            for ty in range(th):
+                for tx in range(tw):
+                    t = u64(t0 + ty * tw + tx)
+                    # T = A^T M (rows), then Y = T A (columns)
+                    q0 = m[0, o, t] + m[4, o, t] + m[8, o, t]
+                    q1 = m[1, o, t] + m[5, o, t] + m[9, o, t]
+                    q2 = m[2, o, t] + m[6, o, t] + m[10, o, t]
+                    q3 = m[3, o, t] + m[7, o, t] + m[11, o, t]
+                    p0 = m[4, o, t] - m[8, o, t] - m[12, o, t]
+                    p1 = m[5, o, t] - m[9, o, t] - m[13, o, t]
+                    p2 = m[6, o, t] - m[10, o, t] - m[14, o, t]
+                    p3 = m[7, o, t] - m[11, o, t] - m[15, o, t]
+                    y00, y01 = q0 + q1 + q2 + b, q1 - q2 - q3 + b
+                    y10, y11 = p0 + p1 + p2 + b, p1 - p2 - p3 + b
+                    if relu:
+                        y00, y01 = max(y00, 0), max(y01, 0)
+                        y10, y11 = max(y10, 0), max(y11, 0)
+                    yy, xx = 2 * ty, 2 * tx
+                    dst[yy * w + xx] = y00
+                    if xx + 1 < w:
+                        dst[yy * w + xx + 1] = y01
+                    if yy + 1 < h:
+                        dst[(yy + 1) * w + xx] = y10
+                        if xx + 1 < w:
+                            dst[(yy + 1) * w + xx + 1] = y11
+
+
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _store_rows_v1(rows, ty, h, w, b, relu, dst):
     """dst (H*W) rows 4 ty .. 4 ty + 3 (those inside the map) = rows[r, :W] + b, then ReLU:
@@ -590,37 +667,40 @@ def lab_winograd(n, repeat):
 def lab_transforms(n, repeat):
     """The Winograd transforms that changed, version 1 (:func:`input_transform_f4_v1` and
     the rest above) against ``winograd``'s, on a pool thread's chunk of a batch (half the
-    images, as at batch 8 on two threads): F(4x4, 3x3) on the 56x56 and 28x28 layers, and
-    F(4x4, 5x5)'s output and gradient transforms on the 28x28 ones. Each pair must give the
+    images, as at batch 8 on two threads): F(4x4, 3x3) on the 56x56 and 28x28 layers,
+    F(4x4, 5x5)'s output and gradient transforms on the 28x28 ones, and F(2x2, 3x3) on the
+    14x14 ones. Each pair must give the
     same bits (the same sums in the same order) before it is timed."""
     rng = np.random.default_rng(5)
     g = max(1, n // 2)
     print(f"Winograd transforms, {g} images per call (ms)      v1        v2   v1/v2")
     layers = [(name, c, o, h, 36) for name, c, o, h in WINOGRAD if h >= 16]
     layers += [(name, c, o, h, 64) for name, c, o, h in WINOGRAD_5X5 if h >= 16]
+    layers += [(name, c, o, h, 16) for name, c, o, h in WINOGRAD if h == 14]
     for name, c, o, h, count in layers:
-        nt = winograd.tiles(h, h, 4)
+        nt = winograd.tiles(h, h, 2 if count == 16 else 4)
         k = winograd.constants(np.float32, count)
         x = rng.standard_normal((g, c, h * h), dtype=np.float32)
         gy = rng.standard_normal((g, o, h * h), dtype=np.float32)
         m = rng.standard_normal((count, o, g * nt), dtype=np.float32)
         bias = rng.standard_normal(o, dtype=np.float32)
-        cases = [("output", (output_transform_f4_v1 if count == 36 else output_transform_f45_v1,
-                             winograd.TRANSFORMS[count][1]),
+        v1 = {16: (input_transform_f2_v1, output_transform_f2_v1, None),
+              36: (input_transform_f4_v1, output_transform_f4_v1, gradient_transform_f4_v1),
+              64: (None, output_transform_f45_v1, gradient_transform_f45_v1)}[count]
+        cases = [("input", (v1[0], winograd.TRANSFORMS[count][0]),
+                  lambda f, out: f(x, 0, h, h, k, out), (count, c, g * nt)),
+                 ("output", (v1[1], winograd.TRANSFORMS[count][1]),
                   lambda f, out: f(m, bias, True, True, k, 0, h, h, out), (g, o, h * h)),
-                 ("gradient", (gradient_transform_f4_v1 if count == 36 else gradient_transform_f45_v1,
-                               winograd.GRADIENT_TRANSFORMS[count]),
+                 ("gradient", (v1[2], winograd.GRADIENT_TRANSFORMS.get(count)),
                   lambda f, out: f(gy, 0, h, h, k, out), (count, o, g * nt))]
-        if count == 36:
-            cases.insert(0, ("input", (input_transform_f4_v1, winograd.TRANSFORMS[36][0]),
-                             lambda f, out: f(x, 0, h, h, k, out), (count, c, g * nt)))
+        cases = [case for case in cases if case[1][0] is not None]
         for what, fns, call, shape in cases:
             outs = [np.full(shape, np.nan, np.float32) for _ in fns]
             for f, out in zip(fns, outs):
                 call(f, out)
             assert np.array_equal(outs[0], outs[1]), f"{name} {what}: v2 differs from v1"
             times = [_time(lambda f=f, out=out: call(f, out), repeat) for f, out in zip(fns, outs)]
-            form = "F(4x4, 3x3)" if count == 36 else "F(4x4, 5x5)"
+            form = {16: "F(2x2, 3x3)", 36: "F(4x4, 3x3)", 64: "F(4x4, 5x5)"}[count]
             print(f"{name:<8} {form} {what:<9}{'':>17}" + "".join(f"{t * 1e3:>10.3f}" for t in times)
                   + f"{times[0] / times[1]:>7.2f}x")
 

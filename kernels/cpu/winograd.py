@@ -200,81 +200,81 @@ def _load_plane(buf, pad, src, h, w):
 
 
 # ------------------------------------------------------------------ F(2x2, 3x3)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _bt4(a0, a1, a2, a3):
+    """B^T of F(2x2, 3x3) applied to one column (or row) of a 4x4 tile."""
+    return a0 - a2, a1 + a2, a2 - a1, a1 - a3
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def input_transform_f2(x3, n0, h, w, k, v):
     """F(2x2, 3x3): V (16, C, g*TH*TW) = B^T d B for every 4x4 tile d of images n0 .. n0+g-1
     of x3 (N, C, H*W) (``k`` unused). Each (image, channel) plane is first copied into a
-    zero-bordered buffer so that every tile reads in bounds."""
+    zero-bordered buffer so that every tile reads in bounds; then S = B^T d along whole
+    buffer rows, tile row by tile row, in two copies (``sm``: each tile's columns 2 tx and
+    2 tx + 1; ``ss``: the two after them), and V = S B for all the plane's tiles in one
+    loop, as in :func:`input_transform_f4`."""
     c = x3.shape[1]
     th, tw = (h + 1) // 2, (w + 1) // 2
     nt = th * tw
     g = v.shape[2] // nt
-    hp, wp = 2 * th + 2, 2 * tw + 2
-    buf = np.zeros((hp, wp), dtype=v.dtype)
+    buf = np.zeros((2 * th + 2, 2 * tw + 2), dtype=v.dtype)
+    sm = np.empty((4, 2 * nt), dtype=v.dtype)
+    ss = np.empty((4, 2 * nt), dtype=v.dtype)
+    m0, m1, m2, m3 = sm[0], sm[1], sm[2], sm[3]
+    s0, s1, s2, s3 = ss[0], ss[1], ss[2], ss[3]
     for gi in range(g):
         for ci in range(c):
             src = x3[n0 + gi, ci]
             _load_plane(buf, 1, src, h, w)
-            t0 = gi * nt
             for ty in range(th):
                 r0, r1, r2, r3 = buf[2 * ty], buf[2 * ty + 1], buf[2 * ty + 2], buf[2 * ty + 3]
-                for tx in range(tw):
-                    t = u64(t0 + ty * tw + tx)
-                    j = 2 * tx
-                    # S = B^T d (rows), then V = S B (columns)
-                    s00, s01, s02, s03 = r0[j] - r2[j], r0[j + 1] - r2[j + 1], r0[j + 2] - r2[j + 2], r0[j + 3] - r2[j + 3]
-                    s10, s11, s12, s13 = r1[j] + r2[j], r1[j + 1] + r2[j + 1], r1[j + 2] + r2[j + 2], r1[j + 3] + r2[j + 3]
-                    s20, s21, s22, s23 = r2[j] - r1[j], r2[j + 1] - r1[j + 1], r2[j + 2] - r1[j + 2], r2[j + 3] - r1[j + 3]
-                    s30, s31, s32, s33 = r1[j] - r3[j], r1[j + 1] - r3[j + 1], r1[j + 2] - r3[j + 2], r1[j + 3] - r3[j + 3]
-                    v[0, ci, t], v[1, ci, t] = s00 - s02, s01 + s02
-                    v[2, ci, t], v[3, ci, t] = s02 - s01, s01 - s03
-                    v[4, ci, t], v[5, ci, t] = s10 - s12, s11 + s12
-                    v[6, ci, t], v[7, ci, t] = s12 - s11, s11 - s13
-                    v[8, ci, t], v[9, ci, t] = s20 - s22, s21 + s22
-                    v[10, ci, t], v[11, ci, t] = s22 - s21, s21 - s23
-                    v[12, ci, t], v[13, ci, t] = s30 - s32, s31 + s32
-                    v[14, ci, t], v[15, ci, t] = s32 - s31, s31 - s33
+                base = u64(ty * 2 * tw)
+                for q in range(u64(2 * tw)):
+                    p = base + q
+                    m0[p], m1[p], m2[p], m3[p] = _bt4(r0[q], r1[q], r2[q], r3[q])
+                for q in range(u64(2 * tw)):
+                    p = base + q
+                    s0[p], s1[p], s2[p], s3[p] = _bt4(r0[q + 2], r1[q + 2], r2[q + 2], r3[q + 2])
+            t0 = u64(gi * nt)
+            for a in range(4):
+                pa, qa = sm[a], ss[a]
+                va0, va1, va2, va3 = v[4 * a, ci], v[4 * a + 1, ci], v[4 * a + 2, ci], v[4 * a + 3, ci]
+                for t in range(u64(nt)):
+                    j = 2 * t
+                    tt = t0 + t
+                    va0[tt], va1[tt], va2[tt], va3[tt] = _bt4(pa[j], pa[j + 1], qa[j], qa[j + 1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def output_transform_f2(m, bias, has_bias, relu, k, n0, h, w, y3):
     """F(2x2, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every
     tile of M (16, O, g*TH*TW) (``k`` unused); the half-tiles past an odd-sized map's edge
-    are dropped."""
+    are dropped. As :func:`output_transform_f4`: T = A^T M, then the two output rows of
+    every tile, each a loop over all the plane's tiles, then the rows stored."""
     o_ = m.shape[1]
     th, tw = (h + 1) // 2, (w + 1) // 2
     nt = th * tw
     g = m.shape[2] // nt
+    tr = np.empty((2, 4, nt), dtype=m.dtype)
+    rows = np.empty((2, 2 * nt), dtype=m.dtype)
     for gi in range(g):
+        t0 = u64(gi * nt)
         for o in range(o_):
-            dst = y3[n0 + gi, o]
-            b = bias[o] if has_bias else 0
-            t0 = gi * nt
-            for ty in range(th):
-                for tx in range(tw):
-                    t = u64(t0 + ty * tw + tx)
-                    # T = A^T M (rows), then Y = T A (columns)
-                    q0 = m[0, o, t] + m[4, o, t] + m[8, o, t]
-                    q1 = m[1, o, t] + m[5, o, t] + m[9, o, t]
-                    q2 = m[2, o, t] + m[6, o, t] + m[10, o, t]
-                    q3 = m[3, o, t] + m[7, o, t] + m[11, o, t]
-                    p0 = m[4, o, t] - m[8, o, t] - m[12, o, t]
-                    p1 = m[5, o, t] - m[9, o, t] - m[13, o, t]
-                    p2 = m[6, o, t] - m[10, o, t] - m[14, o, t]
-                    p3 = m[7, o, t] - m[11, o, t] - m[15, o, t]
-                    y00, y01 = q0 + q1 + q2 + b, q1 - q2 - q3 + b
-                    y10, y11 = p0 + p1 + p2 + b, p1 - p2 - p3 + b
-                    if relu:
-                        y00, y01 = max(y00, 0), max(y01, 0)
-                        y10, y11 = max(y10, 0), max(y11, 0)
-                    yy, xx = 2 * ty, 2 * tx
-                    dst[yy * w + xx] = y00
-                    if xx + 1 < w:
-                        dst[yy * w + xx + 1] = y01
-                    if yy + 1 < h:
-                        dst[(yy + 1) * w + xx] = y10
-                        if xx + 1 < w:
-                            dst[(yy + 1) * w + xx + 1] = y11
+            for col in range(4):
+                m0, m1, m2, m3 = m[col, o], m[4 + col, o], m[8 + col, o], m[12 + col, o]
+                e0, e1 = tr[0, col], tr[1, col]
+                for t in range(u64(nt)):
+                    tt = t0 + t
+                    e0[t] = m0[tt] + m1[tt] + m2[tt]
+                    e1[t] = m1[tt] - m2[tt] - m3[tt]
+            for r in range(2):
+                e, row = tr[r], rows[r]
+                for t in range(u64(nt)):
+                    j = 2 * t
+                    row[j] = e[0, t] + e[1, t] + e[2, t]
+                    row[j + 1] = e[1, t] - e[2, t] - e[3, t]
+            _store_rows(rows, 2, th, tw, h, w, bias[o] if has_bias else 0, relu, y3[n0 + gi, o])
 
 
 # ------------------------------------------------------------------ F(4x4, 3x3)
@@ -396,15 +396,16 @@ def gradient_transform_f4(g3, n0, h, w, k, u):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _store_rows(rows, th, tw, h, w, b, relu, dst):
-    """dst (H*W) = rows + b, then ReLU: the last step of the 4x4-tile output transforms.
-    rows (4, TH * 4TW) holds, for every tile row ty, its four output rows 4 ty + r (row r
-    of rows, columns 4 TW ty ..), of which those inside the map are stored."""
+def _store_rows(rows, mt, th, tw, h, w, b, relu, dst):
+    """dst (H*W) = rows + b, then ReLU: the last step of the output transforms of
+    mt x mt tiles. rows (mt, TH * mt TW) holds, for every tile row ty, its mt output rows
+    mt ty + r (row r of rows, columns mt TW ty ..), of which those inside the map are
+    stored."""
     for ty in range(th):
-        for r in range(min(4, h - 4 * ty)):
+        for r in range(min(mt, h - mt * ty)):
             row = rows[r]
-            src = u64(ty * 4 * tw)
-            base = u64((4 * ty + r) * w)
+            src = u64(ty * mt * tw)
+            base = u64((mt * ty + r) * w)
             if relu:
                 for q in range(u64(w)):
                     val = row[src + q] + b
@@ -445,7 +446,7 @@ def output_transform_f4(m, bias, has_bias, relu, k, n0, h, w, y3):
                     j = 4 * t
                     row[j], row[j + 1], row[j + 2], row[j + 3] = _at6(
                         e[0, t], e[1, t], e[2, t], e[3, t], e[4, t], e[5, t], c2, c4, c8)
-            _store_rows(rows, th, tw, h, w, bias[o] if has_bias else 0, relu, y3[n0 + gi, o])
+            _store_rows(rows, 4, th, tw, h, w, bias[o] if has_bias else 0, relu, y3[n0 + gi, o])
 
 
 # ------------------------------------------------------------------ F(4x4, 5x5)
@@ -543,7 +544,7 @@ def output_transform_f45(m, bias, has_bias, relu, k, n0, h, w, y3):
                     row[j], row[j + 1], row[j + 2], row[j + 3] = _at8(
                         e[0, t], e[1, t], e[2, t], e[3, t], e[4, t], e[5, t], e[6, t], e[7, t],
                         k)
-            _store_rows(rows, th, tw, h, w, bias[o] if has_bias else 0, relu, y3[n0 + gi, o])
+            _store_rows(rows, 4, th, tw, h, w, bias[o] if has_bias else 0, relu, y3[n0 + gi, o])
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
