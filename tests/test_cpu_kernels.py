@@ -1043,6 +1043,53 @@ def test_winograd_transforms_compute_the_correlation_of_one_tile(mr):
     np.testing.assert_allclose(y.reshape(m, m), ref, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 5), (4, 4), (7, 7), (13, 9), (14, 14), (15, 13),
+                                (17, 17)])
+def test_winograd_transforms_give_the_first_versions_bits(dtype, hw):
+    """Each transform that loops over a whole plane's tiles (``winograd``) against its first
+    version, tile row by tile row (``lab``): the same sums in the same order, so the same
+    bits, on odd, non-square and one-pixel maps, with partial tiles at the edges, several
+    images, an offset into the batch and strided inputs."""
+    from kernels.cpu import lab, winograd
+    h, w = hw
+    rng = np.random.default_rng(h * 31 + w)
+    full = rng.standard_normal((4, 5, h * w)).astype(dtype)
+    x3 = full[:, ::2]                               # (4, 3, H*W), a strided view
+    bias = rng.standard_normal(3).astype(dtype)
+    pairs = {16: (lab.input_transform_f2_v1, lab.output_transform_f2_v1, None),
+             36: (lab.input_transform_f4_v1, lab.output_transform_f4_v1,
+                  lab.gradient_transform_f4_v1),
+             64: (winograd.input_transform_f45, lab.output_transform_f45_v1,
+                  lab.gradient_transform_f45_v1)}
+    for count, (into_v1, out_of_v1, grad_v1) in pairs.items():
+        k = winograd.constants(dtype, count)
+        nt = 2 * winograd.tiles(h, w, 2 if count == 16 else 4)      # images 1 and 2
+        into, out_of = winograd.TRANSFORMS[count]
+        results = []
+        for fn in (into_v1, into):
+            v = np.full((count, 3, nt), np.nan, dtype)
+            fn(x3, 1, h, w, k, v)
+            results.append(v)
+        np.testing.assert_array_equal(results[0], results[1])
+        m = rng.standard_normal((count, 3, nt)).astype(dtype)
+        for has_bias, relu in ((True, True), (False, False), (True, False)):
+            ys = []
+            for fn in (out_of_v1, out_of):
+                y = np.full((4, 3, h * w), np.nan, dtype)
+                fn(m, bias, has_bias, relu, k, 1, h, w, y)
+                ys.append(y)
+            np.testing.assert_array_equal(ys[0][1:3], ys[1][1:3])
+            assert np.isnan(ys[1][0]).all() and np.isnan(ys[1][3]).all()   # only its images
+        if grad_v1 is not None:
+            zs = []
+            for fn in (grad_v1, winograd.GRADIENT_TRANSFORMS[count]):
+                z = np.full((count, 3, nt), np.nan, dtype)
+                fn(x3, 1, h, w, k, z)
+                zs.append(z)
+            np.testing.assert_array_equal(zs[0], zs[1])
+
+
 @pytest.mark.parametrize("r", [3, 5])
 def test_winograd_weight_gradient_of_one_tile_is_the_correlations(r):
     """The gradient transform, the products summed over the tile and G^T . G of F(4x4, r x r)
