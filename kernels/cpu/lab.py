@@ -29,7 +29,8 @@ Version 2 is what ``kernels.cpu`` runs (version 3 for max pooling). What changed
   ``sqrt(s) * sqrt(sqrt(s))``;
 * the Winograd transforms of F(4x4, 3x3) (input, output, gradient), F(4x4, 5x5) (output,
   gradient) and F(2x2, 3x3): each pass over a plane is one loop over all its tiles, where
-  version 1 looped tile row by tile row over 7 or 14 tiles, too few for the vector loop
+  version 1 looped tile row by tile row over 7 or 14 tiles, too few for the vector loop,
+  and F(4x4, 3x3)'s input transform reads each row of S de-interleaved into contiguous runs
   (``--only transforms``: 1.2-4.2x; the results are the same to the bit).
 
 Times are per call over the whole batch on one thread (``time.thread_time``, median of
