@@ -344,16 +344,16 @@ def input_transform_f4(x3, n0, h, w, k, v):
                 for t in range(u64(nt)):
                     j = 4 * t
                     d0[t], d1[t], d2[t], d3[t] = sa[j], sa[j + 1], sa[j + 2], sa[j + 3]
-                d0[nt], d1[nt] = 0, 0
+                d0[nt], d1[nt] = 0, 0          # read by the last tile, which is redone below
                 va0, va1, va2 = v[6 * a, ci], v[6 * a + 1, ci], v[6 * a + 2, ci]
                 va3, va4, va5 = v[6 * a + 3, ci], v[6 * a + 4, ci], v[6 * a + 5, ci]
                 for t in range(u64(nt)):
                     tt = t0 + t
                     va0[tt], va1[tt], va2[tt], va3[tt], va4[tt], va5[tt] = _bt6(
                         d0[t], d1[t], d2[t], d3[t], d0[t + 1], d1[t + 1], c2, c4, c5)
-                for ty in range(th):
-                    tt = t0 + u64((ty + 1) * tw - 1)
-                    t = (ty + 1) * tw - 1
+                for ty in range(th):          # each tile row's last tile, from e
+                    t = u64((ty + 1) * tw - 1)
+                    tt = t0 + t
                     va0[tt], va1[tt], va2[tt], va3[tt], va4[tt], va5[tt] = _bt6(
                         d0[t], d1[t], d2[t], d3[t], e[a, 0, ty], e[a, 1, ty], c2, c4, c5)
 
