@@ -1057,12 +1057,8 @@ def test_winograd_transforms_give_the_first_versions_bits(dtype, hw):
     full = rng.standard_normal((4, 5, h * w)).astype(dtype)
     x3 = full[:, ::2]                               # (4, 3, H*W), a strided view
     bias = rng.standard_normal(3).astype(dtype)
-    pairs = {16: (lab.input_transform_f2_v1, lab.output_transform_f2_v1, None),
-             36: (lab.input_transform_f4_v1, lab.output_transform_f4_v1,
-                  lab.gradient_transform_f4_v1),
-             64: (winograd.input_transform_f45, lab.output_transform_f45_v1,
-                  lab.gradient_transform_f45_v1)}
-    for count, (into_v1, out_of_v1, grad_v1) in pairs.items():
+    for count, (into_v1, out_of_v1, grad_v1) in lab.TRANSFORMS_V1.items():
+        into_v1 = into_v1 or winograd.TRANSFORMS[count][0]     # F(4x4, 5x5)'s: still the first
         k = winograd.constants(dtype, count)
         nt = 2 * winograd.tiles(h, w, 2 if count == 16 else 4)      # images 1 and 2
         into, out_of = winograd.TRANSFORMS[count]

@@ -391,6 +391,14 @@ def gradient_transform_f45_v1(g3, n0, h, w, k, u):
                             sa[j], sa[j + 1], sa[j + 2], sa[j + 3], k)
 
 
+# The first versions by the number of transformed values per tile, as in
+# ``winograd.TRANSFORMS`` and ``GRADIENT_TRANSFORMS``: (input, output, gradient); None where
+# the promoted version is still the first (F(4x4, 5x5)'s input) or there is none.
+TRANSFORMS_V1 = {16: (input_transform_f2_v1, output_transform_f2_v1, None),
+                 36: (input_transform_f4_v1, output_transform_f4_v1, gradient_transform_f4_v1),
+                 64: (None, output_transform_f45_v1, gradient_transform_f45_v1)}
+
+
 # ---------------------------------------------------------------- shapes and harness
 CONVS = [  # (name, C, H, k, stride, pad): every distinct im2col of GoogLeNet (1x1 need none)
     ("conv1", 3, 224, 7, 2, 3), ("conv2", 64, 56, 3, 1, 1),
@@ -670,8 +678,8 @@ def lab_transforms(n, repeat):
     the rest above) against ``winograd``'s, on a pool thread's chunk of a batch (half the
     images, as at batch 8 on two threads): F(4x4, 3x3) on the 56x56 and 28x28 layers,
     F(4x4, 5x5)'s output and gradient transforms on the 28x28 ones, and F(2x2, 3x3) on the
-    14x14 ones. Each pair must give the
-    same bits (the same sums in the same order) before it is timed."""
+    14x14 ones. Each pair must give the same bits (the same sums in the same order) before
+    it is timed."""
     rng = np.random.default_rng(5)
     g = max(1, n // 2)
     print(f"Winograd transforms, {g} images per call (ms)      v1        v2   v1/v2")
@@ -685,9 +693,7 @@ def lab_transforms(n, repeat):
         gy = rng.standard_normal((g, o, h * h), dtype=np.float32)
         m = rng.standard_normal((count, o, g * nt), dtype=np.float32)
         bias = rng.standard_normal(o, dtype=np.float32)
-        v1 = {16: (input_transform_f2_v1, output_transform_f2_v1, None),
-              36: (input_transform_f4_v1, output_transform_f4_v1, gradient_transform_f4_v1),
-              64: (None, output_transform_f45_v1, gradient_transform_f45_v1)}[count]
+        v1 = TRANSFORMS_V1[count]
         cases = [("input", (v1[0], winograd.TRANSFORMS[count][0]),
                   lambda f, out: f(x, 0, h, h, k, out), (count, c, g * nt)),
                  ("output", (v1[1], winograd.TRANSFORMS[count][1]),
