@@ -400,13 +400,16 @@ def winograd_size(x_shape, w_shape, stride, pad, phase="forward") -> int:
 
 
 def _stack(slot, count, rows, cols, dtype):
-    """A (count, rows, cols) workspace whose matrices lie 64 bytes more than rows * cols
-    apart: the transforms read or write all of them at once, and at a distance that is a
-    multiple of 4 KiB those streams would share one set of the L1 cache (measured 5x slower
-    with F(2x2, 3x3)'s 16)."""
-    step = rows * cols + 64 // np.dtype(dtype).itemsize
-    flat = workspace.get(slot, (count, step), dtype)
-    return flat[:, :rows * cols].reshape(count, rows, cols)
+    """(whole, part): a C-contiguous (count, rows + 1 or 2, cols) workspace and its
+    (count, rows, cols) part, for the products. The transforms get ``whole``, whose type
+    tells Numba that rows are contiguous: through the strided part their loads and stores
+    ran 1.3-1.9x slower (not vectorised). The unused row(s) set the matrices apart by
+    something other than a multiple of 4 KiB: at such a distance the transforms' streams
+    into all of them would share one set of the L1 cache (measured 5x slower with
+    F(2x2, 3x3)'s 16)."""
+    extra = 1 if (rows + 1) * cols * np.dtype(dtype).itemsize % 4096 else 2
+    whole = workspace.get(slot, (count, rows + extra, cols), dtype)
+    return whole, whole[:, :rows]
 
 
 def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
@@ -419,11 +422,11 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
     into, out_of = winograd.TRANSFORMS[count]
     k = winograd.constants(u.dtype, count)
     nt = g * winograd.tiles(h, w, m)
-    v = _stack("wino_v", count, c, nt, u.dtype)
-    prod = _stack("wino_m", count, o, nt, u.dtype)
-    into(src3, s0, h, w, k, v)
+    v_all, v = _stack("wino_v", count, c, nt, u.dtype)
+    prod_all, prod = _stack("wino_m", count, o, nt, u.dtype)
+    into(src3, s0, h, w, k, v_all)
     gemm.matmul(u, v, out=prod)              # (m+2)^2 GEMMs (O, C) @ (C, g*tiles)
-    out_of(prod, bias, has_bias, relu, k, n0, h, w, out3)
+    out_of(prod_all, bias, has_bias, relu, k, n0, h, w, out3)
 
 
 def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out):
@@ -434,10 +437,10 @@ def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out):
     count, o, c = out.shape
     k = winograd.constants(out.dtype, count)
     nt = g * winograd.tiles(h, w, 4)
-    v = _stack("wino_v", count, c, nt, out.dtype)
-    z = _stack("wino_z", count, o, nt, out.dtype)
-    winograd.TRANSFORMS[count][0](x3, n0, h, w, k, v)
-    winograd.GRADIENT_TRANSFORMS[count](gy_images, 0, h, w, k, z)
+    v_all, v = _stack("wino_v", count, c, nt, out.dtype)
+    z_all, z = _stack("wino_z", count, o, nt, out.dtype)
+    winograd.TRANSFORMS[count][0](x3, n0, h, w, k, v_all)
+    winograd.GRADIENT_TRANSFORMS[count](gy_images, 0, h, w, k, z_all)
     gemm.matmul(z, v.transpose(0, 2, 1), out=out)   # count GEMMs (O, tiles) @ (tiles, C)
 
 
