@@ -80,11 +80,13 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward", k: int = 3) -
       Forward and input gradient this way (instead of F(2x2, 3x3) and im2col + GEMM):
       1.046x at batch 8, 1.057x at batch 32; the weight gradient too: another 1.046x and
       1.048x (per chunk, 2.1-2.4x im2col + GEMM's);
-    * F(2x2, 3x3) for the forward on 14x14 and 15x15 maps with 64 channels or more in and
-      out (1.1-1.2x im2col + GEMM). F(4x4, 3x3) computes 16x16 pixels per 14x14 map: in
-      its place, forward 0.97x; for the weight gradient 0.98-1.01x. Neither size helped the
-      14x14 input gradient (F(2x2, 3x3): 0.98x at batch 8, 1.001x at batch 32): every
-      chunk's GEMMs read all of U, (m+2)^2 / 9 times the filters, for 98 to 196 tiles;
+    * on 14x14 and 15x15 maps with 64 channels or more in and out, F(2x2, 3x3) for the
+      forward (1.1-1.2x im2col + GEMM; F(4x4, 3x3), which computes 16x16 pixels per 14x14
+      map, 0.97-0.98x in its place) and the input gradient, and F(4x4, 3x3) for the weight
+      gradient: these two backward phases together 1.042x whole steps at batch 8 (40
+      pairs) and 1.006x at batch 32 (12 pairs), inception 4e's 3x3 backward 1.22x. (Before
+      the transforms wrote C-contiguous workspaces they were 0.98-1.01x: the input
+      transform of the gradient ran 3x slower inside the step than alone);
     * im2col + GEMM on smaller maps (GoogLeNet's 7x7: few tiles per chunk for all of U;
       0.6-0.7x) and few channels.
 
@@ -97,8 +99,8 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward", k: int = 3) -
         return 4 if min(h, w) >= FIVE_BY_FIVE_MIN else 0
     if min(h, w) >= 16:
         return 4
-    if phase == "forward" and min(h, w) >= 14 and min(c, o) >= 64:
-        return 2
+    if min(h, w) >= 14 and min(c, o) >= 64:
+        return 4 if phase == "weights" else 2
     return 0
 
 
