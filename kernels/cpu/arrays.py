@@ -113,14 +113,17 @@ def matmul(a, b, independent: bool = False):
         if not independent:
             parallel.sync()
         return gemm.matmul(a, b, out=out)
-    if n >= 8 * m:
-        k = min(n, 2 * parallel.threads())
-        parallel.run(lambda runs: [gemm.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
-                                   for lo, hi in runs],
-                     [(n * i // k, n * (i + 1) // k) for i in range(k)], blas=True,
-                     independent=independent)
-        return out
-    parallel.run(lambda rows: gemm.matmul(a[rows[0]:rows[-1] + 1], b,
-                                        out=out[rows[0]:rows[-1] + 1]),
-                 list(range(m)), blas=True, independent=independent)
+    by_columns = n >= 8 * m
+    size = n if by_columns else m
+    k = min(size, 2 * parallel.threads())
+    spans = [(size * i // k, size * (i + 1) // k) for i in range(k)]   # one per run
+    if by_columns:
+        def body(runs):
+            for lo, hi in runs:
+                gemm.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+    else:
+        def body(runs):
+            for lo, hi in runs:
+                gemm.matmul(a[lo:hi], b, out=out[lo:hi])
+    parallel.run(body, spans, blas=True, independent=independent)
     return out

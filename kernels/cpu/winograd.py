@@ -58,6 +58,8 @@ output's scale for F(2x2, 3x3), up to 4e-6 for F(4x4, 3x3) and up to 6e-6 for F(
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -182,15 +184,18 @@ def tiles(h: int, w: int, m: int) -> int:
     return (-(-h // m)) * (-(-w // m))
 
 
+@functools.lru_cache(maxsize=None)
 def constants(dtype, count=36):
     """The transforms' multipliers as ``dtype`` values, so that products with them stay in
     the data's dtype inside the kernels (a Python float would make them float64): for
     F(4x4, 3x3) (2, 4, 5, 8); for F(4x4, 5x5) (``count`` 64) those of :func:`_bt8` and
-    :func:`_at8` (the entries of B^T and A^T, written out there)."""
-    if count == 64:
-        return np.array([21 / 4, 17 / 4, 1 / 2, 1 / 4, 5 / 2, 5 / 4, 2, 4, 5, 8, 1 / 8],
-                        dtype=dtype)
-    return np.array([2, 4, 5, 8], dtype=dtype)
+    :func:`_at8` (the entries of B^T and A^T, written out there). Made once per
+    (dtype, count), read-only."""
+    values = ([21 / 4, 17 / 4, 1 / 2, 1 / 4, 5 / 2, 5 / 4, 2, 4, 5, 8, 1 / 8] if count == 64
+              else [2, 4, 5, 8])
+    k = np.array(values, dtype=dtype)
+    k.flags.writeable = False
+    return k
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
