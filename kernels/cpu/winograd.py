@@ -215,12 +215,12 @@ def _bt4(a0, a1, a2, a3):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def input_transform_f2(x3, n0, h, w, k, v):
-    """F(2x2, 3x3): V (16, C, g*TH*TW) = B^T d B for every 4x4 tile d of images n0 .. n0+g-1
-    of x3 (N, C, H*W) (``k`` unused; V may have rows past C, left as they are). Each (image, channel) plane is first copied into a
-    zero-bordered buffer so that every tile reads in bounds; then S = B^T d along whole
-    buffer rows, tile row by tile row, in two copies (``sm``: each tile's columns 2 tx and
-    2 tx + 1; ``ss``: the two after them), and V = S B for all the plane's tiles in one
-    loop, as in :func:`input_transform_f4`."""
+    """F(2x2, 3x3): V (16, C, g*TH*TW) = B^T d B for every 4x4 tile d of images n0 .. n0+g-1 of
+    x3 (N, C, H*W) (``k`` unused; V may have rows past C, left as they are). Each (image,
+    channel) plane is first copied into a zero-bordered buffer so that every tile reads in
+    bounds; then S = B^T d along whole buffer rows, tile row by tile row, in two copies
+    (``sm``: each tile's columns 2 tx and 2 tx + 1; ``ss``: the two after them), and V = S B
+    for all the plane's tiles in one loop, as in :func:`input_transform_f4`."""
     c = x3.shape[1]
     th, tw = (h + 1) // 2, (w + 1) // 2
     nt = th * tw
@@ -255,10 +255,11 @@ def input_transform_f2(x3, n0, h, w, k, v):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def output_transform_f2(m, bias, has_bias, relu, k, n0, h, w, y3):
-    """F(2x2, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every
-    tile of M (16, O, g*TH*TW) (``k`` unused; O from y3, rows of M past it unused); the half-tiles past an odd-sized map's edge
-    are dropped. As :func:`output_transform_f4`: T = A^T M, then the two output rows of
-    every tile, each a loop over all the plane's tiles, then the rows stored."""
+    """F(2x2, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every tile
+    of M (16, O, g*TH*TW) (``k`` unused; O from y3, rows of M past it unused); the half-tiles
+    past an odd-sized map's edge are dropped. As :func:`output_transform_f4`: T = A^T M, then
+    the two output rows of every tile, each a loop over all the plane's tiles, then the rows
+    stored."""
     o_ = y3.shape[1]
     th, tw = (h + 1) // 2, (w + 1) // 2
     nt = th * tw
@@ -306,18 +307,17 @@ def _at6(e0, e1, e2, e3, e4, e5, c2, c4, c8):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def input_transform_f4(x3, n0, h, w, k, v):
-    """F(4x4, 3x3): V (36, C, g*TH*TW) = B^T d B for every 6x6 tile d of images n0 .. n0+g-1 of x3
-    (N, C, H*W) (any strides; V may have rows past C, left as they are); ``k`` from
-    :func:`constants`. Per plane: S = B^T d along whole
-    buffer rows, tile row by tile row, laid end to end so that tile t's first four columns
-    are S[4t .. 4t+3] whatever its row (and each tile row's two columns past its last tile
-    kept aside, in ``e``); then, for each row a of S, its columns de-interleaved into four
-    runs d_i[t] = S[a, 4t + i] and V = S B for all the plane's tiles in one loop over
-    contiguous runs, tile t's last two columns being tile t+1's first two, d_0[t+1] and
-    d_1[t+1], except at the end of a tile row, whose tiles are redone from ``e``. The first
-    version looped over each tile row's TW tiles (7 or 14 on GoogLeNet's maps), too few for
-    the vector loop; one loop over the plane's tiles reading S with a stride of 4 ran 1.4-2.1x
-    faster than it, and the de-interleaved runs another 1.4-1.9x."""
+    """F(4x4, 3x3): V (36, C, g*TH*TW) = B^T d B for every 6x6 tile d of images n0 .. n0+g-1 of
+    x3 (N, C, H*W) (any strides; V may have rows past C, left as they are); ``k`` from
+    :func:`constants`. Per plane: S = B^T d along whole buffer rows, tile row by tile row, laid
+    end to end so that tile t's first four columns are S[4t .. 4t+3] whatever its row (and each
+    tile row's two columns past its last tile kept aside, in ``e``); then, for each row a of S,
+    its columns de-interleaved into four runs d_i[t] = S[a, 4t + i] and V = S B for all the
+    plane's tiles in one loop over contiguous runs, tile t's last two columns being tile t+1's
+    first two, d_0[t+1] and d_1[t+1], except at the end of a tile row, whose tiles are redone
+    from ``e``. The first version looped over each tile row's TW tiles (7 or 14 on GoogLeNet's
+    maps), too few for the vector loop; one loop over the plane's tiles reading S with a stride
+    of 4 ran 1.4-2.1x faster than it, and the de-interleaved runs another 1.4-1.9x."""
     c = x3.shape[1]
     th, tw = (h + 3) // 4, (w + 3) // 4
     nt = th * tw
@@ -375,14 +375,13 @@ def _a4(e0, e1, e2, e3, c2, c4, c8):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def gradient_transform_f4(g3, n0, h, w, k, u):
-    """F(4x4, 3x3), for the weight gradient: Z (36, O, g*TH*TW) (rows past O left as they
-    are) = A e A^T for every 4x4
-    tile e of the output gradient g3[n0 .. n0+g-1] (*, O, H*W) (any strides; zero past the
-    map's edge). Then gW = G^T (sum over tiles of Z * V) G (:func:`filter_gradient`), V the
-    input transform of x: the forward's Y = A^T (U * V) A, differentiated with respect to
-    the filter. Per plane, S = A e along whole rows for every tile row, end to end, then
-    Z = S A^T for all the plane's tiles in one loop (tile t's columns are s[4t .. 4t+3]),
-    as in :func:`input_transform_f4`."""
+    """F(4x4, 3x3), for the weight gradient: Z (36, O, g*TH*TW) (rows past O left as they are)
+    = A e A^T for every 4x4 tile e of the output gradient g3[n0 .. n0+g-1] (*, O, H*W) (any
+    strides; zero past the map's edge). Then gW = G^T (sum over tiles of Z * V) G
+    (:func:`filter_gradient`), V the input transform of x: the forward's Y = A^T (U * V) A,
+    differentiated with respect to the filter. Per plane, S = A e along whole rows for every
+    tile row, end to end, then Z = S A^T for all the plane's tiles in one loop (tile t's
+    columns are s[4t .. 4t+3]), as in :func:`input_transform_f4`."""
     o_ = g3.shape[1]
     th, tw = (h + 3) // 4, (w + 3) // 4
     nt = th * tw
@@ -437,12 +436,12 @@ def _store_rows(rows, mt, th, tw, h, w, b, relu, dst):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def output_transform_f4(m, bias, has_bias, relu, k, n0, h, w, y3):
-    """F(4x4, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every tile of
-    M (36, O, g*TH*TW) (O from y3, rows of M past it unused); the parts of tiles past the
-    map's edge are dropped. Per plane,
-    T = A^T M for all its tiles in one loop, then the four output rows of every tile in
-    another (tile t's pixels at 4t .. 4t+3 of each), then the rows stored. The first version
-    did this tile row by tile row, loops of TW = 7 or 14 tiles, and ran 2.5-3.2x slower."""
+    """F(4x4, 3x3): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every tile
+    of M (36, O, g*TH*TW) (O from y3, rows of M past it unused); the parts of tiles past the
+    map's edge are dropped. Per plane, T = A^T M for all its tiles in one loop, then the four
+    output rows of every tile in another (tile t's pixels at 4t .. 4t+3 of each), then the rows
+    stored. The first version did this tile row by tile row, loops of TW = 7 or 14 tiles, and
+    ran 2.5-3.2x slower."""
     o_ = y3.shape[1]
     th, tw = (h + 3) // 4, (w + 3) // 4
     nt = th * tw
@@ -503,10 +502,9 @@ def _rows8(v, a, i):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def input_transform_f45(x3, n0, h, w, k, v):
-    """F(4x4, 5x5): V (64, C, g*TH*TW) = B^T d B for every 8x8 tile d of images
-    n0 .. n0+g-1 of x3 (N, C, H*W) (any strides; V may have rows past C), tiles every 4
-    pixels from (-2, -2); ``k``
-    from ``constants(dtype, 64)``. As :func:`input_transform_f4`: per tile row, S = B^T d
+    """F(4x4, 5x5): V (64, C, g*TH*TW) = B^T d B for every 8x8 tile d of images n0 .. n0+g-1 of
+    x3 (N, C, H*W) (any strides; V may have rows past C), tiles every 4 pixels from (-2, -2);
+    ``k`` from ``constants(dtype, 64)``. As :func:`input_transform_f4`: per tile row, S = B^T d
     along whole buffer rows, then each of S's eight rows gives eight of V's matrices."""
     c = x3.shape[1]
     th, tw = (h + 3) // 4, (w + 3) // 4
@@ -539,8 +537,8 @@ def input_transform_f45(x3, n0, h, w, k, v):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def output_transform_f45(m, bias, has_bias, relu, k, n0, h, w, y3):
-    """F(4x4, 5x5): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every
-    tile of M (64, O, g*TH*TW) (O from y3); as :func:`output_transform_f4`, with 8x8 tiles (3-4x the
+    """F(4x4, 5x5): y3[n0 + gi, o] (N, O, H*W) = A^T M A (+ bias[o], then ReLU) for every tile
+    of M (64, O, g*TH*TW) (O from y3); as :func:`output_transform_f4`, with 8x8 tiles (3-4x the
     first version's speed, which went tile row by tile row)."""
     o_ = y3.shape[1]
     th, tw = (h + 3) // 4, (w + 3) // 4
@@ -582,10 +580,9 @@ def _a8(e0, e1, e2, e3, k):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def gradient_transform_f45(g3, n0, h, w, k, u):
-    """F(4x4, 5x5), for the weight gradient: Z (64, O, g*TH*TW) (rows past O left as they
-    are) = A e A^T for every 4x4
-    tile e of the output gradient g3[n0 .. n0+g-1] (*, O, H*W) (any strides; zero past the
-    map's edge); as :func:`gradient_transform_f4`, with A 8x4."""
+    """F(4x4, 5x5), for the weight gradient: Z (64, O, g*TH*TW) (rows past O left as they are)
+    = A e A^T for every 4x4 tile e of the output gradient g3[n0 .. n0+g-1] (*, O, H*W) (any
+    strides; zero past the map's edge); as :func:`gradient_transform_f4`, with A 8x4."""
     o_ = g3.shape[1]
     th, tw = (h + 3) // 4, (w + 3) // 4
     nt = th * tw
