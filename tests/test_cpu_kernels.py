@@ -571,6 +571,18 @@ def test_queued_call_results_and_after_queue(monkeypatch):
     assert done == [[0 + 1 + 2 + 3, 4 + 5 + 6 + 7]] and not parallel.is_queued(res)
 
 
+def test_shared_after_queue_runs_every_share_once_after_the_queue(monkeypatch):
+    monkeypatch.setattr(parallel, "THREADS", 2)
+    done, order = [], []
+    with parallel.pipeline():
+        res = parallel.run(lambda run: sum(run), list(range(8)), groups=2, images=True)
+        parallel.after_queue(lambda t: done.append((t, list(res))), shared=True)
+        parallel.after_queue(lambda: order.append(len(done)))     # after the shared ones
+        assert done == []
+    assert sorted(done) == [(0, [6, 22]), (1, [6, 22])] and order == [2]
+    assert [parallel.share(10, t) for t in range(2)] == [(0, 5), (5, 10)]
+
+
 def test_results_are_deterministic():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6, 8, 14, 14)).astype(np.float32)
@@ -950,6 +962,10 @@ def test_pooled_adds_copies_and_concatenation_are_numpys_bitwise(two_threads):
     partials = [rng.standard_normal((300, 250)).astype(np.float32) * 10.0 ** i
                 for i in range(4)]                    # magnitudes apart: order shows
     expected = ((partials[0] + partials[1]) + partials[2]) + partials[3]
+    into = np.empty_like(expected)
+    for t in range(parallel.threads()):
+        arrays.sum_rows(partials, into, t)                # each share its rows
+    np.testing.assert_array_equal(into, expected)
     arrays.sum_into(partials)
     np.testing.assert_array_equal(partials[0], expected)
     assert len(calls) == 6                            # each one went to the pool
@@ -1104,6 +1120,36 @@ def test_winograd_weight_gradient_of_one_tile_is_the_correlations(r):
     ref = np.array([[[[(e[oi] * padded[ci, i:i + 4, j:j + 4]).sum() for j in range(r)]
                       for i in range(r)] for ci in range(c)] for oi in range(o)])
     np.testing.assert_allclose(gw, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("r, m", [(3, 2), (3, 4), (5, 4)])
+def test_winograd_turned_filter_transform_is_that_of_the_turned_filters(r, m):
+    """U' of the input gradient against G g' G^T of g' = w[o, c] turned around, at [c, o]."""
+    from kernels.cpu import winograd
+    G = WINOGRAD_G[m, r]
+    w = np.random.default_rng(8).standard_normal((7, 5, r, r)).astype(np.float32)
+    u = winograd.turned_filter_transform(w, m)
+    assert u.shape == ((m + r - 1) ** 2, 5, 7)
+    for o in range(7):
+        for c in range(5):
+            ref = G @ w[o, c, ::-1, ::-1].astype(np.float64) @ G.T
+            np.testing.assert_allclose(u[:, c, o].reshape(ref.shape), ref, rtol=1e-5,
+                                       atol=1e-5)
+
+
+@pytest.mark.parametrize("count", [36, 64])
+def test_winograd_filter_gradient_rows_sum_the_parts_then_transform(count):
+    """Every share of filter_gradient_rows over three partial sums gives, bit for bit,
+    filter_gradient of their sum added in order (the partials of a convolution's runs)."""
+    from kernels.cpu import winograd
+    rng = np.random.default_rng(12)
+    parts = [rng.standard_normal((count, 40, 30)).astype(np.float32) * 10.0 ** i
+             for i in range(3)]
+    expected = winograd.filter_gradient((parts[0] + parts[1]) + parts[2])
+    gw = np.empty_like(expected)
+    for t in range(parallel.threads()):
+        winograd.filter_gradient_rows(parts, gw, t)
+    np.testing.assert_array_equal(gw, expected)
 
 
 _FREED_RSS = """

@@ -53,20 +53,31 @@ def add_into(a, b) -> None:
 
 def sum_into(parts) -> None:
     """parts[0] += parts[1] + ... in that order, element by element (((p0 + p1) + p2) + ...,
-    as adding them one at a time does): the partial weight gradients of a convolution's
-    runs, rows shared among the threads."""
-    first = parts[0]
+    as adding them one at a time does), rows shared among the threads."""
     if len(parts) == 1:
         return
-    if _small(first):
-        for part in parts[1:]:
-            first += part
+    if _small(parts[0]):
+        sum_rows(parts, parts[0], 0)
         return
+    parallel.over_threads(lambda t: sum_rows(parts, parts[0], t))
 
-    def body(s):
-        for part in parts[1:]:
-            np.add(first[s], part[s], out=first[s])
-    parallel.over_images(first.shape[0], body)
+
+def sum_rows(parts, out, t: int) -> None:
+    """Share t (:func:`parallel.share`) of out's rows = parts[0] + parts[1] + ... in that
+    order, element by element (out may be parts[0]); an array under MIN_SIZE elements is
+    all share 0's. For a caller that runs the shares itself (the partial weight gradients
+    of a convolution's runs, ``parallel.after_queue(shared=True)``)."""
+    n = out.shape[0]
+    lo, hi = parallel.share(n, t) if out.size >= MIN_SIZE else (0, n if t == 0 else 0)
+    if lo == hi:
+        return
+    s = slice(lo, hi)
+    if len(parts) == 1:
+        np.copyto(out[s], parts[0][s])
+        return
+    np.add(parts[0][s], parts[1][s], out=out[s])
+    for part in parts[2:]:
+        np.add(out[s], part[s], out=out[s])
 
 
 def copy(a):
@@ -98,6 +109,17 @@ def concat(xs, axis: int):
     return out
 
 
+def matmul_spans(m: int, k: int, n: int) -> tuple[bool, list]:
+    """How :func:`matmul` splits (M, K) @ (K, N): (by columns, [(lo, hi), ...] one per run),
+    a single span when it runs whole on the calling thread."""
+    if parallel.threads() == 1 or max(m * k, k * n, m * n) < MIN_SIZE or max(m, n) < 2:
+        return False, [(0, m)]
+    by_columns = n >= 8 * m
+    size = n if by_columns else m
+    runs = min(size, 2 * parallel.threads())
+    return by_columns, [(size * i // runs, size * (i + 1) // runs) for i in range(runs)]
+
+
 def matmul(a, b, independent: bool = False):
     """a (M, K) @ b (K, N), the M rows of the result in runs on the threads (single-threaded
     BLAS on each), or its N columns where the result is much wider than tall, N >= 8 M (the
@@ -109,14 +131,11 @@ def matmul(a, b, independent: bool = False):
     has queued (:func:`parallel.pipeline`), e.g. weights, so the product need not wait."""
     m, n = a.shape[0], b.shape[1]
     out = np.empty((m, n), dtype=np.result_type(a, b))
-    if parallel.threads() == 1 or max(a.size, b.size, out.size) < MIN_SIZE or max(m, n) < 2:
+    by_columns, spans = matmul_spans(m, a.shape[1], n)
+    if len(spans) == 1:
         if not independent:
             parallel.sync()
         return gemm.matmul(a, b, out=out)
-    by_columns = n >= 8 * m
-    size = n if by_columns else m
-    k = min(size, 2 * parallel.threads())
-    spans = [(size * i // k, size * (i + 1) // k) for i in range(k)]   # one per run
     if by_columns:
         def body(runs):
             for lo, hi in runs:

@@ -533,8 +533,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     # transposed, w'[c, o] = w[o, c, ::-1, ::-1], the same "same" convolution as forward.
     wino = winograd_size(x.shape, w.shape, stride, pad, "input") if need_x else 0
     if wino:
-        u_t = winograd.filter_transform(np.ascontiguousarray(
-            w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), wino)
+        u_t = winograd.turned_filter_transform(w, wino)
         gx3 = gx.reshape(n, c, p)
     # gW by F(4x4, 3x3) or F(4x4, 5x5): each run sums the chunks' transformed products
     # ((4+r-1)^2, O, C) instead.
@@ -611,37 +610,33 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     per_chunk = 1 if row_bands else images_per_chunk(n, p, direct)
     parts = parallel.run(body, parallel.chunks(n, per_chunk), blas=True, groups=parallel.runs(n),
                          images=True)
-    if not parallel.is_queued(parts):
-        gw, gb = _sum_runs(parts, w, x.dtype, wino_w, row_bands, need_w, need_b)
-        return gx, gw, gb
-    # Queued (parallel.pipeline): gW and gb are summed into these once the runs have run.
     gw = np.empty(w.shape, dtype=x.dtype) if need_w else None
     gb = np.empty(o, dtype=x.dtype) if need_b else None
-
-    def finish():
-        gw_sum, gb_sum = _sum_runs(parts, w, x.dtype, wino_w, row_bands, need_w, need_b)
-        for out, total in ((gw, gw_sum), (gb, gb_sum)):
-            if out is not None:
-                np.copyto(out, total)
-    parallel.after_queue(finish)
+    if need_w or need_b:
+        share = _sum_runs(parts, gw, gb, wino_w, row_bands)
+        if parallel.is_queued(parts):      # (parallel.pipeline) summed once the runs have run
+            parallel.after_queue(share, shared=True)
+        else:
+            parallel.over_threads(share)
     return gx, gw, gb
 
 
-def _sum_runs(parts, w, dtype, wino_w, row_bands, need_w, need_b):
-    """(gW, gb) of conv2d_backward from its runs' partial sums, added in run order
-    whichever thread ran which run."""
-    gw = gb = None
-    if need_w:
-        gw = parts[0][0]
-        arrays.sum_into([part[0] for part in parts])    # gW's rows among the threads
-    if need_b:
-        gb = parts[0][1]
-        for _, gb_part in parts[1:]:
-            gb += gb_part
-    if need_w:
-        if wino_w:
-            gw = winograd.filter_gradient(gw)
-        else:
-            gw = (np.ascontiguousarray(gw.T) if row_bands else gw).reshape(w.shape)
-    gb = gb.astype(dtype) if need_b else None
-    return gw, gb
+def _sum_runs(parts, gw, gb, wino_w, row_bands):
+    """share(t): share t (``parallel.over_threads``) of adding conv2d_backward's runs'
+    partial sums in run order, whichever thread ran which run, into gw (O, C, kh, kw) and
+    gb (O,) (either may be None); F(4x4, r x r)'s transformed sums then go through
+    :func:`winograd.filter_gradient`."""
+    def share(t):
+        if gw is not None:
+            partial = [part[0] for part in parts]
+            if wino_w:
+                winograd.filter_gradient_rows(partial, gw, t)
+            else:
+                gw2 = gw.reshape(gw.shape[0], -1)
+                arrays.sum_rows(partial, gw2.T if row_bands else gw2, t)
+        if gb is not None and t == 0:
+            total = parts[0][1]
+            for _, gb_part in parts[1:]:
+                total += gb_part
+            gb[...] = total
+    return share
