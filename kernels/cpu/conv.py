@@ -624,8 +624,8 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
 def _sum_runs(parts, gw, gb, wino_w, row_bands):
     """share(t): share t (``parallel.over_threads``) of adding conv2d_backward's runs'
     partial sums in run order, whichever thread ran which run, into gw (O, C, kh, kw) and
-    gb (O,) (either may be None); F(4x4, r x r)'s transformed sums then go through
-    :func:`winograd.filter_gradient`."""
+    gb (O,) (either may be None); F(4x4, r x r)'s transformed sums are transformed back
+    to gW on the way (:func:`winograd.filter_gradient_rows`)."""
     def share(t):
         if gw is not None:
             partial = [part[0] for part in parts]
