@@ -158,8 +158,8 @@ def filter_transform(w, m: int):
     filters with F(2x2, 3x3), the GEMM 0.7 ms; F(4x4, 3x3)'s 36 rows write 4 times the
     filters' size, 1 ms on one thread.)"""
     o, c, r = w.shape[:3]
-    gg = _GG[values_per_tile(m, r)]
-    u = arrays.matmul(gg.astype(w.dtype), w.reshape(o * c, r * r).T, independent=True)
+    gg = _gg(values_per_tile(m, r), w.dtype)
+    u = arrays.matmul(gg, w.reshape(o * c, r * r).T, independent=True)
     return u.reshape(gg.shape[0], o, c)
 
 
