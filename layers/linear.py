@@ -54,9 +54,14 @@ class LinearFunction(KernelFunction):
 
     def backward_cpu(self, gy):
         from kernels.cpu import arrays
-        # gx.T (in, N) = w.T @ gy.T with w's columns shared; gw (out, in) with w's rows
-        gx = arrays.matmul(self.w.T, gy.T).T.copy() if self.needs_grad[0] else None
-        gw = arrays.matmul(gy.T, self.x) if self.needs_grad[1] else None
+        # gx.T (in, N) = w.T @ gy.T with w's columns shared; gw (out, in) with w's rows;
+        # both products in one pool call
+        products = [(self.w.T, gy.T)] if self.needs_grad[0] else []
+        if self.needs_grad[1]:
+            products.append((gy.T, self.x))
+        outs = arrays.matmuls(products)
+        gx = outs.pop(0).T.copy() if self.needs_grad[0] else None
+        gw = outs.pop(0) if self.needs_grad[1] else None
         return self._with_bias(gy, gx, gw)
 
     def _with_bias(self, gy, gx, gw):

@@ -986,6 +986,11 @@ def test_pooled_matmul_matches_numpy(two_threads):
     np.testing.assert_allclose(arrays.matmul(w[:36, :9], wide), w[:36, :9] @ wide,
                                rtol=1e-12, atol=1e-12)
     assert len(calls) == 3
+    # several products, split by rows and by columns, in one pool call
+    by_rows, by_columns = arrays.matmuls([(w, x.T), (w[:36, :9], wide)])
+    np.testing.assert_allclose(by_rows, w @ x.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(by_columns, w[:36, :9] @ wide, rtol=1e-12, atol=1e-12)
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -997,7 +1002,7 @@ def test_linear_and_concat_cpu_paths_match_the_plain_path(two_threads, dtype):
     b = rng.standard_normal(257).astype(dtype)
     ours, ref = run_both(lambda x, w, b: L.linear(x, w, b), [x, w, b])
     assert_close(ours, ref, dtype)
-    assert len(calls) >= 3                           # forward, gx and gw on the pool
+    assert len(calls) == 2                # on the pool: forward, then gx and gw in one call
     xs = [rng.standard_normal((4, c, 20, 20)).astype(dtype) for c in (40, 64, 24)]
     ours, ref = run_both(lambda *ts: L.concat(list(ts)), xs, gy_view=True)
     for u, v in zip(ours, ref):
@@ -1122,16 +1127,22 @@ def test_winograd_weight_gradient_of_one_tile_is_the_correlations(r):
     np.testing.assert_allclose(gw, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("o, c", [(7, 5), (96, 80)])
 @pytest.mark.parametrize("r, m", [(3, 2), (3, 4), (5, 4)])
-def test_winograd_turned_filter_transform_is_that_of_the_turned_filters(r, m):
-    """U' of the input gradient against G g' G^T of g' = w[o, c] turned around, at [c, o]."""
-    from kernels.cpu import winograd
+def test_winograd_turned_filter_transform_is_that_of_the_turned_filters(monkeypatch, r, m, o,
+                                                                         c):
+    """U' of the input gradient against G g' G^T of g' = w[o, c] turned around, at [c, o]
+    (96 x 80 filters: turned and transformed in runs of columns on two threads)."""
+    from kernels.cpu import arrays, winograd
+    monkeypatch.setattr(parallel, "THREADS", max(2, parallel.threads()))
     G = WINOGRAD_G[m, r]
-    w = np.random.default_rng(8).standard_normal((7, 5, r, r)).astype(np.float32)
+    runs = len(arrays.matmul_spans((m + r - 1) ** 2, r * r, c * o)[1])
+    assert runs == 1 if o == 7 else runs > 1
+    w = np.random.default_rng(8).standard_normal((o, c, r, r)).astype(np.float32)
     u = winograd.turned_filter_transform(w, m)
-    assert u.shape == ((m + r - 1) ** 2, 5, 7)
-    for o in range(7):
-        for c in range(5):
+    assert u.shape == ((m + r - 1) ** 2, c, o)
+    for o in range(w.shape[0]):
+        for c in range(w.shape[1]):
             ref = G @ w[o, c, ::-1, ::-1].astype(np.float64) @ G.T
             np.testing.assert_allclose(u[:, c, o].reshape(ref.shape), ref, rtol=1e-5,
                                        atol=1e-5)

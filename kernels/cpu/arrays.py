@@ -129,20 +129,32 @@ def matmul(a, b, independent: bool = False):
     Unlike the functions above, the last bit may differ from one whole GEMM's: BLAS may pick
     other kernels for the smaller products. ``independent``: a and b are nothing a pipeline
     has queued (:func:`parallel.pipeline`), e.g. weights, so the product need not wait."""
-    m, n = a.shape[0], b.shape[1]
-    out = np.empty((m, n), dtype=np.result_type(a, b))
-    by_columns, spans = matmul_spans(m, a.shape[1], n)
-    if len(spans) == 1:
+    return matmuls([(a, b)], independent)[0]
+
+
+def matmuls(products, independent: bool = False) -> list:
+    """[a @ b for a, b in products], each split as :func:`matmul` splits it (so the same
+    bits), all in one pool call: the threads take the products' runs as they come free (a
+    linear layer's input and weight gradients: one hand-off to the pool instead of two)."""
+    outs, work = [], []
+    for a, b in products:
+        m, n = a.shape[0], b.shape[1]
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+        by_columns, spans = matmul_spans(m, a.shape[1], n)
+        outs.append(out)
+        work += [(a, b, out, by_columns, lo, hi) for lo, hi in spans]
+    if len(work) == 1:
+        a, b, out = work[0][:3]
         if not independent:
             parallel.sync()
-        return gemm.matmul(a, b, out=out)
-    if by_columns:
-        def body(runs):
-            for lo, hi in runs:
+        gemm.matmul(a, b, out=out)
+        return outs
+
+    def body(items):
+        for a, b, out, by_columns, lo, hi in items:
+            if by_columns:
                 gemm.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
-    else:
-        def body(runs):
-            for lo, hi in runs:
+            else:
                 gemm.matmul(a[lo:hi], b, out=out[lo:hi])
-    parallel.run(body, spans, blas=True, independent=independent)
-    return out
+    parallel.run(body, work, blas=True, groups=len(work), independent=independent)
+    return outs

@@ -166,28 +166,43 @@ def filter_transform(w, m: int):
 def turned_filter_transform(w, m: int):
     """U' ((m+r-1)^2, C, O): :func:`filter_transform` of the filters turned around and
     transposed, w'[c, o] = w[o, c, ::-1, ::-1], with which the input gradient is the
-    forward's "same" convolution of the output gradient. w' is written by
-    :func:`_turn_filters` on the threads, C's rows shared out (NumPy's copy of that
-    reversed, transposed view took 0.9 ms on the main thread alone for inception 4e's
-    320 x 160 filters, 4 ms a training step over GoogLeNet's layers)."""
+    forward's "same" convolution of the output gradient. In one pool call: each run of
+    :func:`filter_transform`'s columns (filters (c, o) in order) first writes its filters
+    turned (:func:`_turn_filters`), then their product (the same runs and products as
+    ``arrays.matmul``, so the same bits). NumPy's copy of the reversed, transposed view took
+    0.9 ms on the main thread alone for inception 4e's 320 x 160 filters, 4 ms a training
+    step over GoogLeNet's layers; turning and transforming in two pool calls instead of one
+    left the threads idle between them."""
     o, c, r = w.shape[:3]
     w3 = np.ascontiguousarray(w).reshape(o, c, r * r)
-    turned = np.empty((c, o, r * r), dtype=w.dtype)
+    gg = _gg(values_per_tile(m, r), w.dtype)
+    turned = np.empty((c * o, r * r), dtype=w.dtype)
+    by_columns, spans = arrays.matmul_spans(gg.shape[0], r * r, c * o)
+    if not by_columns or len(spans) == 1:
+        _turn_filters(w3, 0, c * o, turned)
+        u = arrays.matmul(gg, turned.T, independent=True)
+        return u.reshape(gg.shape[0], c, o)
+    u = np.empty((gg.shape[0], c * o), dtype=w.dtype)
 
-    parallel.run(lambda cs: _turn_filters(w3, cs[0], cs[-1] + 1, turned), list(range(c)),
-                 independent=True)
-    return filter_transform(turned.reshape(c, o, r, r), m)
+    def body(runs):
+        for lo, hi in runs:
+            _turn_filters(w3, lo, hi, turned)
+            gemm.matmul(gg, turned[lo:hi].T, out=u[:, lo:hi])
+
+    parallel.run(body, spans, blas=True, independent=True)
+    return u.reshape(gg.shape[0], c, o)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _turn_filters(w3, c0, c1, out):
-    """out[c, o, k] = w3[o, c, K-1-k] for c0 <= c < c1: w3 (O, C, K) the filters' K = r*r
-    taps, out (C, O, K); reversing the flattened taps turns the r x r filter around."""
-    taps = w3.shape[2]
-    for c in range(c0, c1):
-        for o in range(w3.shape[0]):
-            for k in range(taps):
-                out[c, o, k] = w3[o, c, taps - 1 - k]
+def _turn_filters(w3, j0, j1, out):
+    """out[j, k] = w3[o, c, K-1-k] for the filters j = c*O + o, j0 <= j < j1: w3 (O, C, K)
+    the filters' K = r*r taps, out (C*O, K); reversing the flattened taps turns the r x r
+    filter around."""
+    o_count, taps = w3.shape[0], w3.shape[2]
+    for j in range(j0, j1):
+        c, o = j // o_count, j % o_count
+        for k in range(taps):
+            out[j, k] = w3[o, c, taps - 1 - k]
 
 
 def filter_gradient(m):
