@@ -172,7 +172,9 @@ class StackedConv1x1Function(Function):
     y_i = relu?(w_i * x + b_i) (N, O_i, H, W), channel slices of one (N, sum O_i, H, W) array.
     The convolution itself is a :class:`Conv2dFunction` on the stacked weights (its plain,
     CPU or CUDA path); this class only stacks the weights and biases, splits the outputs,
-    joins their gradients for backward and splits the weight and bias gradients again. An
+    hands their gradients to the convolution's backward (as pieces along the channels to the
+    CPU kernel, which reads them where they are; joined for the other paths) and splits the
+    weight and bias gradients again. An
     output that nothing used gets a zero gradient, so its convolution's weight and bias
     gradients are zeros (called alone, it would get none).
     """
@@ -181,8 +183,8 @@ class StackedConv1x1Function(Function):
 
     @property
     def deferrable_backward(self) -> bool:
-        """Its backward is a concatenation's and a convolution's, both on their CPU kernels
-        when the convolution is (``engine.tensor.BackwardSchedule``)."""
+        """Its backward is a convolution's on its CPU kernel when the convolution is on the
+        CPU path (``engine.tensor.BackwardSchedule``)."""
         return getattr(self.conv, "path", None) == "cpu"
 
     def __init__(self, count: int, relu: bool, impl: str | None = None):
@@ -210,8 +212,12 @@ class StackedConv1x1Function(Function):
         return sum(y.size for y in ys) * xs[0].shape[1]
 
     def backward(self, *gys):
-        gy = ConcatFunction(axis=1).forward(*gys)     # its plain or CPU path, as dispatched
-        gx, gw, gb = self.conv.backward(gy)
+        if getattr(self.conv, "path", None) == "cpu":
+            # the CPU kernel reads the pieces where they are (no joined copy first)
+            gx, gw, gb = self.conv.backward_cpu(list(gys))
+        else:
+            gy = ConcatFunction(axis=1).forward(*gys)     # its plain or CPU path
+            gx, gw, gb = self.conv.backward(gy)
         grads, start = [gx], 0
         for size in self.sizes:
             grads.append(None if gw is None else gw[start:start + size])

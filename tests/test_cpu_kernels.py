@@ -1204,3 +1204,33 @@ def test_the_cpu_lab_checks_and_times_every_kernel(capsys):
         assert row in out
     with pytest.raises(SystemExit):
         lab.main(["--only", "nothing"])
+
+
+@pytest.mark.parametrize("k, size, need_x", [(1, 28, True), (1, 7, True), (3, 7, True),
+                                             (7, 20, False)])
+def test_conv_backward_reads_gradient_pieces_as_the_joined_gradient(monkeypatch, k, size,
+                                                                    need_x):
+    """conv2d_backward given its output gradient as pieces along the channels (a strided
+    channel slice among them, as a concatenation's gradient gives), bit for bit what it gives
+    for the joined gradient: 1x1 on maps of one and of several images per chunk, a 3x3 by
+    im2col, and a 7x7 stride-2 layer without an input gradient (bands of rows)."""
+    import kernels.cpu.conv as K
+    monkeypatch.setattr(parallel, "THREADS", max(2, parallel.threads()))
+    monkeypatch.setattr(K, "BAND_COLUMNS", 16)
+    rng = np.random.default_rng(21)
+    stride, pad = (2, 3) if k == 7 else (1, k // 2)
+    x = rng.standard_normal((4, 6, size, size)).astype(np.float32)
+    w = rng.standard_normal((9, 6, k, k)).astype(np.float32)
+    y = K.conv2d(x, w, rng.standard_normal(9).astype(np.float32), stride, pad, True)
+    wide = rng.standard_normal((4, 12) + y.shape[2:]).astype(np.float32)
+    pieces = [wide[:, 3:7], rng.standard_normal((4, 2) + y.shape[2:]).astype(np.float32),
+              rng.standard_normal((4, 3) + y.shape[2:]).astype(np.float32)]
+    assert not pieces[0].flags.c_contiguous
+    joined = np.concatenate(pieces, axis=1)
+    got = K.conv2d_backward(pieces, x, w, y, stride, pad, True, need_x, True, True)
+    want = K.conv2d_backward(joined, x, w, y, stride, pad, True, need_x, True, True)
+    for a, b in zip(got, want):
+        if b is None:
+            assert a is None
+        else:
+            np.testing.assert_array_equal(a, b)

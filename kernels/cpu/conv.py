@@ -270,15 +270,16 @@ def bias_relu(y2, bias, has_bias, relu, c0, c1):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-def prologue(gy3, y3, relu, n0, c0, width, out, gb, sum_rows, strided=False):
-    """out[o, gi*width + q] = gy3[n0 + gi, o, c0 + q], zeroed where y3 <= 0 when ``relu``:
-    columns c0 .. c0+width-1 of g = out.shape[1] // width images (whole images: c0 = 0,
-    width = P; a band of one image: g = 1). With ``sum_rows``, gb[o] (float64) also gets
-    the sum of out's row o, in the same pass (the bias gradient; its additions may be
-    reordered, ``fastmath={"reassoc"}``, so that they vectorise).
+def prologue(gy3, y3, relu, n0, c0, width, out, gb, sum_rows, strided=False, o0=0):
+    """out[o, gi*width + q] = gy3[n0 + gi, o, c0 + q], zeroed where y3[n0 + gi, o0 + o] <= 0
+    when ``relu``: columns c0 .. c0+width-1 of g = out.shape[1] // width images (whole
+    images: c0 = 0, width = P; a band of one image: g = 1). With ``sum_rows``, gb[o]
+    (float64) also gets the sum of out's row o, in the same pass (the bias gradient; its
+    additions may be reordered, ``fastmath={"reassoc"}``, so that they vectorise).
 
-    gy3, y3 (N, O, P); gy3 may be a strided view, e.g. a slice of a concatenation's
-    gradient, which ``strided`` says; out (O, g*width)."""
+    gy3 (N, O, P), y3 (N, o0 + O or more, P); gy3 may be a strided view, e.g. a slice of a
+    concatenation's gradient, which ``strided`` says; out (O, g*width). ``o0``: gy3 is the
+    gradient of channels o0 .. o0+O-1 of y3 (one of a convolution's gradient pieces)."""
     o_, gp = out.shape
     g = gp // width
     lo = u64(c0)
@@ -290,12 +291,12 @@ def prologue(gy3, y3, relu, n0, c0, width, out, gb, sum_rows, strided=False):
                 # gy3 a strided view (a concatenation's gradient): the masked load from its
                 # rows ran up to 7x slower in isolation (1.2x over a training step's calls)
                 # than a plain copy of the row followed by the mask in place.
-                y_row = y3[n0 + gi, o]
+                y_row = y3[n0 + gi, o0 + o]
                 copy(o_row, base, g_row, c0, width)
                 for q in range(u64(width)):
                     o_row[base + q] = o_row[base + q] if y_row[lo + q] > 0 else 0
             elif relu:
-                y_row = y3[n0 + gi, o]
+                y_row = y3[n0 + gi, o0 + o]
                 for q in range(u64(width)):
                     o_row[base + q] = g_row[lo + q] if y_row[lo + q] > 0 else 0
             else:
@@ -521,15 +522,22 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     (its ReLU mask; unused without ``relu``). Per chunk: gY = gy[chunk] * (y > 0),
     gb += row sums of gY, gW += gY @ im2col(x[chunk]).T, gx[chunk] = col2im(W.T @ gY) (or by
     Winograd where :func:`winograd_size` says so). Each run of chunks returns partial gW
-    and gb, added in run order."""
+    and gb, added in run order.
+
+    ``gy`` may also be a list of pieces along the channels (N, O_i, OH, OW), O_0 + O_1 + ...
+    = O, as stacked convolutions' gradients come (``layers.conv.StackedConv1x1Function``):
+    the masked copy gY then reads each piece where it is, with no joined copy made first."""
+    pieces = list(gy) if isinstance(gy, (list, tuple)) else [gy]
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
-    oh, ow = gy.shape[2:]
+    oh, ow = pieces[0].shape[2:]
     p, ck = oh * ow, c * kh * kw
     w2t = np.ascontiguousarray(w.reshape(o, ck)).T
-    gy3 = _flat_images(gy)
-    y3 = y.reshape(n, o, p) if relu else gy3
-    strided = not gy3.flags.c_contiguous
+    # (gy3, its first channel, strided) of each piece
+    bounds = np.cumsum([0] + [piece.shape[1] for piece in pieces])
+    flat = [(_flat_images(piece), int(lo)) for piece, lo in zip(pieces, bounds[:-1])]
+    flat = [(gy3, lo, not gy3.flags.c_contiguous) for gy3, lo in flat]
+    y3 = y.reshape(n, o, p) if relu else flat[0][0]
     direct = kh == kw == 1 and stride == 1 and pad == 0
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
     # gx by Winograd: the masked gradient correlated with the filters turned around and
@@ -557,6 +565,13 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         gb = np.zeros(o, dtype=np.float64) if need_b else None
         gb_sum = gb if need_b else _NO_SUMS
 
+        def masked(n0, c0, width, gyc):
+            """gyc (O, g*width) = gY of the chunk's columns c0 .. c0+width-1, and gb's sums."""
+            for gy3, lo, strided in flat:
+                hi = lo + gy3.shape[1]
+                prologue(gy3, y3, relu, n0, c0, width, gyc[lo:hi],
+                         gb_sum[lo:hi] if need_b else gb_sum, need_b, strided, lo)
+
         def add_gw(fill):
             nonlocal gw2
             first = gw2 is None
@@ -575,7 +590,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                 for y0, y1 in row_bands:
                     width = (y1 - y0) * ow
                     gyc = workspace.get("gy", (o, width), x.dtype)
-                    prologue(gy3, y3, relu, n0, y0 * ow, width, gyc, gb_sum, need_b, strided)
+                    masked(n0, y0 * ow, width, gyc)
                     if need_w:
                         col = workspace.get("col", (ck, width), x.dtype)
                         im2col_rows(planes, kh, kw, ow, y0, y1, col)
@@ -584,7 +599,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         for n0, g in chunks:
             gyc = workspace.get("gy", (o, g * p), x.dtype)
             # ReLU mask, (g, O, P) -> (O, g*P), and gb's sums
-            prologue(gy3, y3, relu, n0, 0, p, gyc, gb_sum, need_b, strided)
+            masked(n0, 0, p, gyc)
             if wino or wino_w:
                 gy_images = gyc.reshape(o, g, p).transpose(1, 0, 2)     # (g, O, P) view
             if wino_w:
