@@ -216,7 +216,7 @@ class StackedConv1x1Function(Function):
             # the CPU kernel reads the pieces where they are (no joined copy first)
             gx, gw, gb = self.conv.backward_cpu(list(gys))
         else:
-            gy = ConcatFunction(axis=1).forward(*gys)     # its plain or CPU path
+            gy = ConcatFunction(axis=1).forward(*gys)     # joined first, on its own path
             gx, gw, gb = self.conv.backward(gy)
         grads, start = [gx], 0
         for size in self.sizes:

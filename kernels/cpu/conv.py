@@ -471,10 +471,11 @@ def conv2d(x, w, b, stride, pad, relu):
             for n0, g in chunks:
                 _winograd_chunk(x3, n0, u, bias, b is not None, relu, h, wd, y3, n0, g)
 
-        # One image per chunk: its transformed tiles and products (2.25x and 1.8-4.8x its
-        # size with F(4x4, 3x3)) stay in cache on their way from one step to the next; a
-        # thread's four images at once spilled them (layers alone, two threads, batch 8:
-        # inception 3a's 3x3 1.39x, 3b's 3x3 1.09x, 3b's 5x5 1.37x, conv2 1.04x).
+        # One image per chunk: its transformed tiles and products (with F(4x4, 3x3), 2.25x
+        # the image's size and 2.25x the output's) stay in cache from the input transform
+        # through the products to the output transform; a thread's four images at once
+        # spilled them (layers alone, two threads, batch 8: inception 3a's 3x3 1.39x, 3b's
+        # 3x3 1.09x, 3b's 5x5 1.37x, conv2 1.04x).
         parallel.run(wino, parallel.chunks(n, 1), blas=True, groups=parallel.runs(n),
                      images=True)
         return y
