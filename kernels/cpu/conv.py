@@ -534,10 +534,11 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
     oh, ow = pieces[0].shape[2:]
     p, ck = oh * ow, c * kh * kw
     w2t = np.ascontiguousarray(w.reshape(o, ck)).T
-    # (gy3, its first channel, strided) of each piece
-    bounds = np.cumsum([0] + [piece.shape[1] for piece in pieces])
-    flat = [(_flat_images(piece), int(lo)) for piece, lo in zip(pieces, bounds[:-1])]
-    flat = [(gy3, lo, not gy3.flags.c_contiguous) for gy3, lo in flat]
+    flat, first = [], 0              # (gy3, its first channel, strided) of each piece
+    for piece in pieces:
+        gy3 = _flat_images(piece)
+        flat.append((gy3, first, not gy3.flags.c_contiguous))
+        first += piece.shape[1]
     y3 = y.reshape(n, o, p) if relu else flat[0][0]
     direct = kh == kw == 1 and stride == 1 and pad == 0
     gx = np.empty(x.shape, dtype=x.dtype) if need_x else None
