@@ -1234,3 +1234,49 @@ def test_conv_backward_reads_gradient_pieces_as_the_joined_gradient(monkeypatch,
             assert a is None
         else:
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("count, m, k, n", [
+    (None, 8, 5, 32),        # one full tile
+    (None, 13, 7, 49),       # rows past the last 8, a last vector with one column in use
+    (None, 1, 1, 1),
+    (None, 3, 64, 5),        # rows only, one masked vector
+    (4, 17, 33, 70),         # a stack; every kind of tile
+    (2, 16, 3, 16)])
+def test_tiled_product_matches_a_float64_product(count, m, k, n):
+    """kernels.cpu.tiled (the lab's register-tiled product) against NumPy's product in
+    float64, for a contiguous a and for a whose rows are strided (a transposed copy's view,
+    every other column of a wider array); nothing is written past out's columns."""
+    from kernels.cpu import tiled
+    rng = np.random.default_rng(m * 1000 + n)
+    lead = () if count is None else (count,)
+    a = rng.standard_normal(lead + (m, k), dtype=np.float32)
+    b = rng.standard_normal(lead + (k, n), dtype=np.float32)
+    ref = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    views = [a, np.swapaxes(np.ascontiguousarray(np.swapaxes(a, -1, -2)), -1, -2)]
+    wide = np.zeros(lead + (m, 2 * k), dtype=np.float32)
+    wide[..., ::2] = a
+    views.append(wide[..., ::2])
+    for view in views:
+        padded = np.full(lead + (m, n + 16), 7.0, dtype=np.float32)   # out: rows of n + 16
+        out = padded[..., :n]
+        assert tiled.matmul(view, b, out) is out
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+        assert np.all(padded[..., n:] == 7.0)
+
+
+def test_tiled_product_says_what_it_cannot_take():
+    from kernels.cpu import tiled
+    a32, b32 = np.ones((4, 3), np.float32), np.ones((3, 5), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        tiled.matmul(a32.astype(np.float64), b32, np.empty((4, 5), np.float32))
+    with pytest.raises(ValueError, match="do not match"):
+        tiled.matmul(a32, b32, np.empty((4, 6), np.float32))
+    with pytest.raises(ValueError, match="b's rows must be contiguous"):
+        tiled.matmul(a32, np.ones((5, 3), np.float32).T, np.empty((4, 5), np.float32))
+    square = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        tiled.matmul(square, square, square)
+    empty = np.full((4, 5), np.nan, np.float32)
+    tiled.matmul(np.ones((4, 0), np.float32), np.ones((0, 5), np.float32), empty)
+    assert np.all(empty == 0)

@@ -25,6 +25,8 @@ the batch out over the threads. Modules:
 * ``memory``    -- keeps freed memory in the process (glibc's mmap threshold), so large
   arrays reuse pages from step to step;
 * ``workspace`` -- per-thread buffers reused from call to call instead of reallocated;
+* ``tiled``     -- a register-tiled matrix product of our own (vector code written in LLVM's
+  IR), which the lab times beside BLAS's; the step's products stay on BLAS;
 * ``lab``       -- first versions beside the promoted ones, validated and timed
   (``python -m kernels.cpu.lab``).
 

@@ -5,7 +5,7 @@ against the plain NumPy path, then timed on GoogLeNet's shapes.
     python -m kernels.cpu.lab --batch 32 --only pool,lrn
     python -m kernels.cpu.lab --only winograd  # 3x3: direct, F(2x2), F(4x4); 5x5: direct, F(4x4)
     python -m kernels.cpu.lab --only transforms  # the Winograd transforms, v1 and v2
-    python -m kernels.cpu.lab --only gemm      # the products by NumPy's BLAS and by MKL
+    python -m kernels.cpu.lab --only gemm      # the products by NumPy's BLAS, MKL and our own
 
 Version 1 of each kernel is the direct transcription: per-element signed indexing
 (``col[r, base + q] = x[n, c, hh, ww] if inside else 0``), one window scanned tap by tap per
@@ -720,6 +720,10 @@ GEMMS = [
     ("conv2 wino fwd", (36, 192, 64), (36, 64, 784), False, False),
     ("conv2 wino gx", (36, 64, 192), (36, 192, 196), False, False),     # one image a chunk
     ("conv2 wino gW", (36, 192, 196), (36, 196, 64), False, True),
+    ("3b wino fwd", (36, 192, 128), (36, 128, 49), False, False),      # one image a chunk
+    ("3b wino fwd[0]", (192, 128), (128, 49), False, False),           # one of them, warm
+    ("conv2 wino gx[0]", (64, 192), (192, 196), False, False),
+    ("4e F2 fwd", (16, 320, 160), (16, 160, 49), False, False),
     ("3b 1x1 fwd", (320, 256), (256, 3136), False, False),
     ("4b 1x1 gW", (288, 784), (784, 512), False, True),
     ("4b 1x1 gx", (512, 288), (288, 784), True, False),
@@ -729,11 +733,14 @@ GEMMS = [
 
 
 def lab_gemm(n, repeat):
-    """The kernels' products by NumPy's BLAS and by MKL (``kernels.cpu.gemm``), each checked
-    against a float64 product, then timed on one thread with warm caches: the shapes of one
-    pool thread's share of a batch-8 step (``--batch`` does not change them). Products with
-    more than ``gemm.LARGE_OUT`` bytes of result (marked *) run on NumPy's BLAS in a step,
-    where their result is not in the cache; here both libraries are timed."""
+    """The kernels' products by NumPy's BLAS, by MKL (``kernels.cpu.gemm``) and by our own
+    register-tiled product (``kernels.cpu.tiled``, where b's rows are contiguous), each
+    checked against a float64 product, then timed on one thread: the shapes of one pool
+    thread's share of a batch-8 step (``--batch`` does not change them). The single products
+    and the stacks of 16 or 36 with a few MB in all run with warm caches; the larger stacks
+    (conv2's, several times the cache) with their operands coming from L3 and memory, as in a
+    step. Products with more than ``gemm.LARGE_OUT`` bytes of result (marked *) run on
+    NumPy's BLAS in a step, where their result is not in the cache; here all are timed."""
     from . import gemm
     parallel.claim_cores()              # OpenBLAS on one thread, as in the pool
     previous, large = gemm.choice(), gemm.LARGE_OUT
@@ -744,8 +751,11 @@ def lab_gemm(n, repeat):
         libraries.append("mkl")
     except RuntimeError as e:
         print(f"(MKL not measured: {e})")
-    print(f"products, one thread (ms per call){'':>14}" + "".join(f"{x:>10}" for x in libraries)
-          + "  GFLOP/s" + ("  numpy/mkl" if len(libraries) > 1 else ""))
+    from . import tiled
+    names = libraries + ["tiled"]
+    print(f"products, one thread (ms per call){'':>14}" + "".join(f"{x:>10}" for x in names)
+          + "  GFLOP/s" + " " * 7 * (len(names) - 1)
+          + ("  numpy/mkl" if len(libraries) > 1 else "") + "  numpy/tiled")
     rng = np.random.default_rng(0)
     try:
         for name, sa, sb, ta, tb in GEMMS:
@@ -763,12 +773,22 @@ def lab_gemm(n, repeat):
                 err = np.abs(out - ref).max() / np.abs(ref).max()
                 assert err < 1e-5, f"{name} by {lib}: relative error {err:.1e}"
                 times.append(_time(lambda: gemm.matmul(a, b, out), repeat))
+            ours = None
+            if not tb:
+                out.fill(np.nan)
+                tiled.matmul(a, b, out)
+                err = np.abs(out - ref).max() / np.abs(ref).max()
+                assert err < 1e-5, f"{name} by tiled: relative error {err:.1e}"
+                ours = _time(lambda: tiled.matmul(a, b, out), repeat)
             flops = 2 * out.size * sa[-1]
             mark = "*" if out.nbytes > large else " "
             print(f"{name:<15}{mark}{str(sa) + ' @ ' + str(sb):>32}"
                   + "".join(f"{t * 1e3:>10.2f}" for t in times)
+                  + (f"{ours * 1e3:>10.2f}" if ours else f"{'-':>10}")
                   + "".join(f"{flops / t / 1e9:>7.0f}" for t in times)
-                  + (f"{times[0] / times[1]:>9.2f}x" if len(times) > 1 else ""))
+                  + (f"{flops / ours / 1e9:>7.0f}" if ours else f"{'-':>7}")
+                  + (f"{times[0] / times[1]:>9.2f}x" if len(times) > 1 else "")
+                  + (f"{times[0] / ours:>11.2f}x" if ours else f"{'-':>12}"))
     finally:
         gemm.use(previous)
         gemm.LARGE_OUT = large
