@@ -737,10 +737,10 @@ def lab_gemm(n, repeat):
     register-tiled product (``kernels.cpu.tiled``, where b's rows are contiguous), each
     checked against a float64 product, then timed on one thread: the shapes of one pool
     thread's share of a batch-8 step (``--batch`` does not change them). The single products
-    and the stacks of 16 or 36 with a few MB in all run with warm caches; the larger stacks
-    (conv2's, several times the cache) with their operands coming from L3 and memory, as in a
-    step. Products with more than ``gemm.LARGE_OUT`` bytes of result (marked *) run on
-    NumPy's BLAS in a step, where their result is not in the cache; here all are timed."""
+    run with their operands in the cache, the stacks of 16 and 36 (6-30 MB) and the large
+    1x1 products with theirs coming from L3 and memory, as in a step. Products with more
+    than ``gemm.LARGE_OUT`` bytes of result (marked *) run on NumPy's BLAS in a step, where
+    their result is not in the cache; here all are timed."""
     from . import gemm
     parallel.claim_cores()              # OpenBLAS on one thread, as in the pool
     previous, large = gemm.choice(), gemm.LARGE_OUT

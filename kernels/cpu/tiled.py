@@ -58,7 +58,8 @@ def _intrinsics(builder):
     fma = cgutils.get_or_insert_function(
         mod, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fma.v16f32")
     load = cgutils.get_or_insert_function(
-        mod, ir.FunctionType(_VEC, [ptr, _I32, _MASK, _VEC]), "llvm.masked.load.v16f32.p0v16f32")
+        mod, ir.FunctionType(_VEC, [ptr, _I32, _MASK, _VEC]),
+        "llvm.masked.load.v16f32.p0v16f32")
     store = cgutils.get_or_insert_function(
         mod, ir.FunctionType(ir.VoidType(), [_VEC, ptr, _I32, _MASK]),
         "llvm.masked.store.v16f32.p0v16f32")
@@ -69,7 +70,8 @@ def _splat(builder, value, vec_type):
     """A vector of ``vec_type`` with ``value`` in every lane."""
     undef = ir.Constant(vec_type, ir.Undefined)
     first = builder.insert_element(undef, value, _I32(0))
-    return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(_I32, _LANES), [0] * _LANES))
+    zeros = ir.Constant(ir.VectorType(_I32, _LANES), [0] * _LANES)
+    return builder.shuffle_vector(first, undef, zeros)
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,7 +82,7 @@ def _tile(rows: int, vectors: int):
 
     @intrinsic
     def tile(typingctx, a, b, out, i0, j0, r):
-        sig = types.void(a, b, out, types.intp, types.intp, types.intp)
+        sig = types.void(a, b, out, types.int64, types.int64, types.int64)
 
         def codegen(context, builder, signature, args):
             arrays = [context.make_array(t)(context, builder, v)
@@ -115,10 +117,11 @@ def _tile(rows: int, vectors: int):
                               if v == vectors - 1 else builder.load(at, align=4))
                 a_at = builder.add(builder.mul(i0, a_row), builder.mul(p, a_col))
                 for i in range(rows):
-                    ai = builder.load(builder.gep(a_data, [builder.add(a_at, builder.mul(_I64(i), a_row))]))
-                    s = _splat(builder, ai, _VEC)
+                    at = builder.add(a_at, builder.mul(_I64(i), a_row))
+                    s = _splat(builder, builder.load(builder.gep(a_data, [at])), _VEC)
                     for v in range(vectors):
-                        builder.store(builder.call(fma, [s, bv[v], builder.load(acc[i][v])]), acc[i][v])
+                        total = builder.call(fma, [s, bv[v], builder.load(acc[i][v])])
+                        builder.store(total, acc[i][v])
             for i in range(rows):
                 out_row = builder.add(builder.mul(builder.add(i0, _I64(i)), ld_out), j0)
                 for v in range(vectors):
@@ -168,12 +171,15 @@ def matmul(a, b, out):
     (count, M, K) @ (count, K, N) -> (count, M, N); float32, b's and out's rows contiguous
     (a any strides), out not overlapping a or b."""
     if not (a.dtype == b.dtype == out.dtype == np.float32):
-        raise TypeError(f"tiled.matmul takes float32 arrays, got {a.dtype}, {b.dtype}, {out.dtype}")
+        raise TypeError(f"tiled.matmul takes float32 arrays, got {a.dtype}, {b.dtype}, "
+                        f"{out.dtype}")
     if not (a.ndim == b.ndim == out.ndim and out.ndim in (2, 3)):
-        raise ValueError(f"tiled.matmul takes 2-D or 3-D arrays, got {a.shape}, {b.shape}, {out.shape}")
+        raise ValueError(f"tiled.matmul takes 2-D or 3-D arrays, got {a.shape}, {b.shape}, "
+                         f"{out.shape}")
     if (a.shape[:-2] != out.shape[:-2] or b.shape[:-2] != out.shape[:-2]
             or a.shape[-1] != b.shape[-2] or out.shape[-2:] != (a.shape[-2], b.shape[-1])):
-        raise ValueError(f"tiled.matmul: shapes {a.shape} @ {b.shape} -> {out.shape} do not match")
+        raise ValueError(f"tiled.matmul: shapes {a.shape} @ {b.shape} -> {out.shape} "
+                         "do not match")
     if not out.flags.writeable or np.may_share_memory(out, a) or np.may_share_memory(out, b):
         raise ValueError("tiled.matmul: out must be writeable and not overlap a or b")
     if out.size == 0:
@@ -182,7 +188,8 @@ def matmul(a, b, out):
         out[...] = 0
         return out
     for name, x in (("a", a), ("b", b), ("out", out)):
-        if any(s % 4 for s in x.strides) or (name != "a" and x.shape[-1] > 1 and x.strides[-1] != 4):
+        misaligned = any(s % 4 for s in x.strides)
+        if misaligned or (name != "a" and x.shape[-1] > 1 and x.strides[-1] != 4):
             raise ValueError(f"tiled.matmul: {name}'s rows must be contiguous float32 "
                              f"(strides {x.strides})")
     (_product if out.ndim == 2 else _products)(a, b, out)
