@@ -315,7 +315,7 @@ def prologue(gy3, y3, relu, n0, c0, width, out, gb, sum_rows, strided=False, o0=
 def _masked_with_sums(gy3, y3, n0, c0, width, out, gb, o0):
     """:func:`prologue` with the ReLU mask and the row sums, gy3 C-contiguous: the sum in
     the loop that masks (it reads the value just stored) instead of a second pass over
-    the row, 1.3-1.8x alone on GoogLeNet's shapes (float32: the same bits; the sums'
+    the row, 1.3-2.1x alone on GoogLeNet's shapes (float32: the same bits; the sums'
     order may differ for float64)."""
     o_, gp = out.shape
     lo = u64(c0)
