@@ -205,6 +205,37 @@ def test_winograd_matches_the_direct_convolution(monkeypatch, mr, n, c, o, h, w,
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=WINOGRAD_TOL[dtype] * scale)
 
 
+@pytest.mark.parametrize("band_bytes, block", [(1, 8), (40_000, 16), (3 << 20, 64)])
+def test_winograd_bands_and_channel_blocks_give_the_direct_convolution(monkeypatch, band_bytes,
+                                                                       block):
+    """F(4x4, 3x3) band by band (``winograd.forward_f4``): one tile row per band, bands of
+    several rows with a shorter last one, and whole images; output channels in blocks with
+    a shorter last one; forward and input gradient (the forward of the gradient) against
+    the plain path in float64, on a map whose last tiles lie partly outside it."""
+    from kernels.cpu import winograd
+    monkeypatch.setattr(winograd, "BAND_BYTES", band_bytes)
+    monkeypatch.setattr(winograd, "BLOCK_CHANNELS", block)
+    monkeypatch.setattr(winograd, "choose", lambda *a: 4)
+    rng = np.random.default_rng(band_bytes + block)
+    n, c, o, h, w = 3, 20, 36, 30, 17
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    gy = rng.standard_normal((n, o, h, w)).astype(np.float32)
+    rows, _ = winograd.band_rows(c, o, h, w)
+    assert {1: rows == 1, 40_000: 1 < rows < 8, 3 << 20: rows == 8}[band_bytes]
+    results = []
+    for flag, cast in ((True, np.float32), (False, np.float64)):
+        with kernels(flag):
+            xt = Tensor(x.astype(cast), requires_grad=True)
+            y = L.conv2d(xt, Tensor(wt.astype(cast)), Tensor(b.astype(cast)), 1, 1, relu=True)
+            y.backward(gy.astype(cast))
+            results.append((y.data, xt.grad))
+    for ours, theirs in zip(*results):
+        scale = float(np.abs(theirs).max())
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=WINOGRAD_TOL[np.float32] * scale)
+
+
 def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     from kernels.cpu import conv as K
     from kernels.cpu import winograd
@@ -231,11 +262,17 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
         monkeypatch.setitem(winograd.TRANSFORMS, count,  # records whose input it transforms
                             (lambda *a, f=real[0]: calls.append(a[0].shape[1])
                              or f(*a), real[1]))
+        if count == 36:                                  # forward_f4 transforms its own
+            monkeypatch.setattr(winograd, "forward_f4", lambda *a, f=winograd.forward_f4:
+                                calls.append(("forward_f4", a[0].shape[1])) or f(*a))
+            calls_of = lambda c: ("forward_f4", c)      # noqa: E731
+        else:
+            calls_of = lambda c: c                      # noqa: E731
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         wt = np.random.default_rng(1).standard_normal((80, 64, 3, 3)).astype(np.float32)
         ours, ref = run_both(lambda *a: L.conv2d(*a, pad=1, relu=True), [x, wt])
-        assert 64 in calls                             # the forward took it (x: 64 channels)
-        assert 80 in calls                             # the input gradient (gY: 80)
+        assert calls_of(64) in calls                   # the forward took it (x: 64 channels)
+        assert calls_of(80) in calls                   # the input gradient (gY: 80)
         assert_close(ours[2:], ref[2:], np.float32)    # the weight gradient
         assert_close(ours[:2], ref[:2], np.float32)
 

@@ -442,8 +442,16 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
     first dimension says which F(m x m, r x r)."""
     count, o, c = u.shape
     m = winograd.tile_size(u)
-    into, out_of = winograd.TRANSFORMS[count]
     k = winograd.constants(u.dtype, count)
+    if count == 36 and u.dtype == np.float32:          # F(4x4, 3x3): band by band
+        band, block = winograd.band_rows(c, o, h, w)
+        cols = band * winograd.tiles(1, w, 4)
+        v_all, _ = _stack("wino_v", count, c, cols, u.dtype)
+        prod_all, _ = _stack("wino_m", count, block, cols, u.dtype)
+        winograd.forward_f4(src3, s0, g, h, w, u, bias, has_bias, relu, k, band, block, v_all,
+                            prod_all, out3, n0)
+        return
+    into, out_of = winograd.TRANSFORMS[count]
     nt = g * winograd.tiles(h, w, m)
     v_all, v = _stack("wino_v", count, c, nt, u.dtype)
     prod_all, prod = _stack("wino_m", count, o, nt, u.dtype)

@@ -1,6 +1,6 @@
-"""A matrix product of our own, register-tiled, for the kernel lab (``python -m
-kernels.cpu.lab --only gemm``): what OpenBLAS does for the step's products, reduced to its
-core, and where it stands against it.
+"""A matrix product of our own, register-tiled: the products of the F(4x4, 3x3) layers
+(:func:`kernels.cpu.winograd.forward_f4`, called from its compiled loop over bands), and in
+the kernel lab (``python -m kernels.cpu.lab --only gemm``) beside OpenBLAS.
 
 out (M, N) = a (M, K) @ b (K, N), float32, or stacks of them. The product is cut into tiles
 of MR = 8 rows by NR = 32 columns. A tile's 8 x 32 sums stay in 16 vector registers of 16
@@ -11,9 +11,10 @@ floats for the whole of K; per step p of K:
                      acc[i][0] += s * b0; acc[i][1] += s * b1     fused multiply-adds
 
 16 multiply-adds for 2 loads and 8 broadcasts, the ratio that keeps the FMA units busy.
-After K steps the tile is stored once. The columns left over at the right (N not a multiple
-of 32) go 16 at a time, the last vector masked to the columns there are; rows left over at
-the bottom (M not a multiple of 8) one at a time. ``a`` may have any strides (each a[i, p]
+After K steps the tile is stored once. The last tile of a row of tiles takes the 17-32
+columns left with its second vector masked to the columns there are (N = 49: two tiles),
+or 1-16 columns in one masked vector; rows left over at the bottom (M not a multiple of 8)
+go one at a time. ``a`` may have any strides (each a[i, p]
 is read alone and broadcast); ``b``'s and ``out``'s rows must be contiguous.
 
 Numba has no vector type, so the tile is written in LLVM's IR inside a Numba intrinsic:
@@ -25,13 +26,13 @@ registers for the tile (AVX-512).
 What the lab shows (``docs/performance_cpu.md``, fourteenth round; one thread, a 2-core AMD
 EPYC, Zen 4, whose timings move by 20% from run to run): on a single warm product of the
 Winograd shapes the tiles run at 0.9-1.2x OpenBLAS's rate (OpenBLAS copies both operands
-into its own layout, "packing", on every call; the tiles read them where they are, and
-lose most where 49 columns leave a last vector of 16 lanes with one in use); on the stacks
-of 16 and 36 products, whose operands come from L3 and memory as in a training step,
+into its own layout, "packing", on every call; the tiles read them where they are); on the
+stacks of 16 and 36 products, whose operands come from L3 and memory as in a training step,
 0.73-1.68x over three runs; on the large 1x1 products, which OpenBLAS blocks for the
-cache, 0.78-1.09x. Inside training steps the Winograd products ran at OpenBLAS's rate,
-within the machine's noise, so the step keeps BLAS. The tile is the core a faster
-product would be built around, with operands made hot by the code that produces them.
+cache, 0.78-1.09x. Called product by product from Python inside training steps they ran at
+OpenBLAS's rate. Inside the F(4x4, 3x3) layers' compiled loop, each block of 64 output
+channels' 36 products followed at once by their output transform while in cache, the
+layers' calls ran 1.05-1.23x the transforms around OpenBLAS (sixteenth round).
 """
 from __future__ import annotations
 
@@ -143,27 +144,31 @@ _ROW_FULL, _ROW_EDGE = _tile(1, NR // _LANES), _tile(1, 1)     # the rows past t
 
 
 @njit(cache=True, nogil=True)
-def _product(a, b, out):
+def product(a, b, out):
+    """out (M, N) = a (M, K) @ b (K, N), for compiled callers
+    (:func:`kernels.cpu.winograd.forward_f4`); :func:`matmul` checks the arguments."""
     m, n = out.shape
-    full_rows, full_cols = m - m % MR, n - n % NR
-    for i0 in range(0, m, MR):
-        if i0 < full_rows:
-            for j0 in range(0, full_cols, NR):
-                _FULL(a, b, out, i0, j0, 16)
-            for j0 in range(full_cols, n, 16):
-                _EDGE(a, b, out, i0, j0, min(16, n - j0))
-        else:
-            for i in range(i0, m):
-                for j0 in range(0, full_cols, NR):
-                    _ROW_FULL(a, b, out, i, j0, 16)
-                for j0 in range(full_cols, n, 16):
-                    _ROW_EDGE(a, b, out, i, j0, min(16, n - j0))
+    full_rows = m - m % MR
+    for i0 in range(0, full_rows, MR):
+        j0 = 0
+        while j0 + 16 < n:
+            _FULL(a, b, out, i0, j0, min(16, n - j0 - 16))
+            j0 += NR
+        if j0 < n:
+            _EDGE(a, b, out, i0, j0, n - j0)
+    for i in range(full_rows, m):
+        j0 = 0
+        while j0 + 16 < n:
+            _ROW_FULL(a, b, out, i, j0, min(16, n - j0 - 16))
+            j0 += NR
+        if j0 < n:
+            _ROW_EDGE(a, b, out, i, j0, n - j0)
 
 
 @njit(cache=True, nogil=True)
 def _products(a, b, out):
     for q in range(out.shape[0]):
-        _product(a[q], b[q], out[q])
+        product(a[q], b[q], out[q])
 
 
 def matmul(a, b, out):
@@ -192,5 +197,5 @@ def matmul(a, b, out):
         if misaligned or (name != "a" and x.shape[-1] > 1 and x.strides[-1] != 4):
             raise ValueError(f"tiled.matmul: {name}'s rows must be contiguous float32 "
                              f"(strides {x.strides})")
-    (_product if out.ndim == 2 else _products)(a, b, out)
+    (product if out.ndim == 2 else _products)(a, b, out)
     return out
