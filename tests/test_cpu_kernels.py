@@ -205,25 +205,29 @@ def test_winograd_matches_the_direct_convolution(monkeypatch, mr, n, c, o, h, w,
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=WINOGRAD_TOL[dtype] * scale)
 
 
-@pytest.mark.parametrize("band_bytes, block", [(1, 8), (40_000, 16), (3 << 20, 64)])
+@pytest.mark.parametrize("band_bytes, block, h, w, images", [
+    (1, 8, 30, 17, 1), (40_000, 16, 30, 17, 1), (3 << 20, 64, 30, 17, 1),
+    (3 << 20, 16, 14, 14, 2), (3 << 20, 64, 7, 15, 4)])
 def test_winograd_bands_and_channel_blocks_give_the_direct_convolution(monkeypatch, band_bytes,
-                                                                       block):
+                                                                       block, h, w, images):
     """F(4x4, 3x3) band by band (``winograd.forward_f4``): one tile row per band, bands of
-    several rows with a shorter last one, and whole images; output channels in blocks with
-    a shorter last one; forward and input gradient (the forward of the gradient) against
-    the plain path in float64, on a map whose last tiles lie partly outside it."""
+    several rows with a shorter last one, whole images, and two or four small images side
+    by side (5 images: a shorter last group); output channels in blocks with a shorter
+    last one; forward and input gradient (the forward of the gradient) against the plain
+    path in float64, on maps whose last tiles lie partly outside them."""
     from kernels.cpu import winograd
     monkeypatch.setattr(winograd, "BAND_BYTES", band_bytes)
     monkeypatch.setattr(winograd, "BLOCK_CHANNELS", block)
     monkeypatch.setattr(winograd, "choose", lambda *a: 4)
     rng = np.random.default_rng(band_bytes + block)
-    n, c, o, h, w = 3, 20, 36, 30, 17
+    n, c, o = 5, 20, 36
+    assert winograd.band_rows(c, o, h, w)[1] == images
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
     b = rng.standard_normal(o).astype(np.float32)
     gy = rng.standard_normal((n, o, h, w)).astype(np.float32)
-    rows, _ = winograd.band_rows(c, o, h, w)
-    assert {1: rows == 1, 40_000: 1 < rows < 8, 3 << 20: rows == 8}[band_bytes]
+    rows = winograd.band_rows(c, o, h, w)[0]
+    assert {1: rows == 1, 40_000: 1 < rows < 8, 3 << 20: rows == -(-h // 4)}[band_bytes]
     results = []
     for flag, cast in ((True, np.float32), (False, np.float64)):
         with kernels(flag):
@@ -244,8 +248,8 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1, "input") == 4
     assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1, "weights") == 4
     assert size((8, 16, 28, 28), (32, 16, 3, 3), 1, 1) == 4                  # few channels
-    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == 2               # 14x14
-    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 2
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == 4               # 14x14
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 4
     assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "weights") == 4
     assert size((8, 32, 14, 14), (64, 32, 3, 3), 1, 1) == 0
     assert size((8, 160, 7, 7), (320, 160, 3, 3), 1, 1) == 0                 # small maps
@@ -255,6 +259,9 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 2, "weights") == 4
     assert size((8, 32, 14, 14), (128, 32, 5, 5), 1, 2) == 0                 # 5x5, 14x14
     assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 1) == 0                  # not "same"
+    monkeypatch.setattr(winograd, "SMALL_MAPS_F4", False)
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == 2
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 2
     for shape, m in (((2, 64, 16, 16), 4), ((2, 64, 14, 14), 2)):
         calls = []
         count = (m + 2) ** 2

@@ -444,12 +444,13 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
     m = winograd.tile_size(u)
     k = winograd.constants(u.dtype, count)
     if count == 36 and u.dtype == np.float32:          # F(4x4, 3x3): band by band
-        band, block = winograd.band_rows(c, o, h, w)
-        cols = band * winograd.tiles(1, w, 4)
-        v_all, _ = _stack("wino_v", count, c, cols, u.dtype)
-        prod_all, _ = _stack("wino_m", count, block, cols, u.dtype)
-        winograd.forward_f4(src3, s0, g, h, w, u, bias, has_bias, relu, k, band, block, v_all,
-                            prod_all, out3, n0)
+        band, images, block = winograd.band_rows(c, o, h, w)
+        images = min(images, g)
+        cols = (band if images == 1 else winograd.tiles(h, 1, 4)) * winograd.tiles(1, w, 4)
+        v_all, _ = _stack("wino_v", count, c, images * cols, u.dtype)
+        prod_all, _ = _stack("wino_m", count, block, images * cols, u.dtype)
+        winograd.forward_f4(src3, s0, g, h, w, u, bias, has_bias, relu, k, band, images, block,
+                            v_all, prod_all, out3, n0)
         return
     into, out_of = winograd.TRANSFORMS[count]
     nt = g * winograd.tiles(h, w, m)
@@ -505,8 +506,12 @@ def conv2d(x, w, b, stride, pad, relu):
         # the image's size and 2.25x the output's) stay in cache from the input transform
         # through the products to the output transform; a thread's four images at once
         # spilled them (layers alone, two threads, batch 8: inception 3a's 3x3 1.39x, 3b's
-        # 3x3 1.09x, 3b's 5x5 1.37x, conv2 1.04x).
-        parallel.run(wino, parallel.chunks(n, 1), blas=True, groups=parallel.runs(n),
+        # 3x3 1.09x, 3b's 5x5 1.37x, conv2 1.04x). F(4x4, 3x3) on small maps takes the
+        # images ``winograd.forward_f4`` puts side by side in a band (14x14: two).
+        per = 1
+        if u.shape[0] == 36 and u.dtype == np.float32:
+            per = winograd.band_rows(c, w.shape[0], h, wd)[1]
+        parallel.run(wino, parallel.chunks(n, per), blas=True, groups=parallel.runs(n),
                      images=True)
         return y
     o, _, kh, kw = w.shape

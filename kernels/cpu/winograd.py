@@ -82,13 +82,18 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward", k: int = 3) -
       Forward and input gradient this way (instead of F(2x2, 3x3) and im2col + GEMM):
       1.046x at batch 8, 1.057x at batch 32; the weight gradient too: another 1.046x and
       1.048x (per chunk, 2.1-2.4x im2col + GEMM's);
-    * on 14x14 and 15x15 maps with 64 channels or more in and out, F(2x2, 3x3) for the
-      forward (1.1-1.2x im2col + GEMM; F(4x4, 3x3), which computes 16x16 pixels per 14x14
-      map, 0.97-0.98x in its place) and the input gradient, and F(4x4, 3x3) for the weight
-      gradient: these two backward phases together 1.042x whole steps at batch 8 (40
-      pairs) and 1.006x at batch 32 (12 pairs), inception 4e's 3x3 backward 1.22x. (Before
-      the transforms wrote C-contiguous workspaces they were 0.98-1.01x: the input
-      transform of the gradient ran 3x slower inside the step than alone);
+    * on 14x14 and 15x15 maps with 64 channels or more in and out, F(4x4, 3x3) in all
+      three phases (it computes 16x16 pixels per 14x14 map, 2.94 multiplies per pixel
+      where F(2x2, 3x3) does 4): the forward and input gradient by :func:`forward_f4` with
+      two images side by side in a band, against F(2x2, 3x3) with OpenBLAS's products
+      (the layers' calls alone on two threads, summed over inception 4a-4e: 1.06x and 1.27x
+      in two runs; whole steps, with :func:`forward_f4` on the larger maps too, 0.996x
+      at batch 8 (100 pairs, a busy host) and 1.045x at batch 32 (20 pairs)).
+      ``SMALL_MAPS_F4 = False`` gives the earlier choice, F(2x2, 3x3) for the forward and
+      the input gradient (1.1-1.2x im2col + GEMM; F(4x4, 3x3) with OpenBLAS's products on
+      one image at a time was 0.97-0.98x in its place). The weight gradient by F(4x4, 3x3)
+      with the backward's input gradient by F(2x2, 3x3): 1.042x whole steps at batch 8 (40
+      pairs) and 1.006x at batch 32 (12 pairs);
     * im2col + GEMM on smaller maps (GoogLeNet's 7x7: few tiles per chunk for all of U;
       0.6-0.7x) and few channels.
 
@@ -102,8 +107,11 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward", k: int = 3) -
     if min(h, w) >= 16:
         return 4
     if min(h, w) >= 14 and min(c, o) >= 64:
-        return 4 if phase == "weights" else 2
+        return 4 if phase == "weights" or SMALL_MAPS_F4 else 2
     return 0
+
+
+SMALL_MAPS_F4 = True
 
 
 # G g G^T for a filter g flattened to 9 numbers is one linear map: (G g G^T)[a, b] =
@@ -248,17 +256,22 @@ def _gg(count: int, dtype) -> np.ndarray:
 
 
 # forward_f4's bands: V of at most about this many bytes (whole images up to it, else the
-# image's tile rows in equal parts), and blocks of this many output channels.
+# image's tile rows in equal parts), whole images side by side up to this many tiles, and
+# blocks of this many output channels.
 BAND_BYTES = 3 << 20
+BAND_TILES = 32
 BLOCK_CHANNELS = 64
 
 
-def band_rows(c: int, o: int, h: int, w: int) -> tuple[int, int]:
-    """(tile rows per band, output channels per block) of :func:`forward_f4` for C -> O
-    channels on H x W maps."""
+def band_rows(c: int, o: int, h: int, w: int) -> tuple[int, int, int]:
+    """(tile rows per band, images per band, output channels per block) of
+    :func:`forward_f4` for C -> O channels on H x W maps: on small maps (14x14: 16 tiles)
+    two or more whole images side by side, so that each product has 32 columns or more."""
     th, tw = tiles(h, 1, 4), tiles(1, w, 4)
-    parts = -(-36 * c * th * tw * 4 // BAND_BYTES)
-    return -(-th // parts), min(o, BLOCK_CHANNELS)
+    image = 36 * c * th * tw * 4
+    parts = -(-image // BAND_BYTES)
+    images = max(1, min(BAND_BYTES // image, BAND_TILES // (th * tw)))
+    return -(-th // parts), images, min(o, BLOCK_CHANNELS)
 
 
 def tile_size(u) -> int:
@@ -476,7 +489,8 @@ def _input_f4_rows(src, h, w, ty0, ty1, k, buf, s, e, d, v, ci, t0):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def forward_f4(x3, s0, g, h, w, u, bias, has_bias, relu, k, band, block, v, mm, y3, n0):
+def forward_f4(x3, s0, g, h, w, u, bias, has_bias, relu, k, band, images, block, v, mm, y3,
+               n0):
     """y3[n0 + gi] (N, O, H*W) = relu(conv(x3[s0 + gi]) + bias) for gi < g by F(4x4, 3x3),
     one band of ``band`` tile rows at a time through all three steps: the band's input
     transform into v (36, >= C, band TW), its 36 products U[k] @ V[k] into mm (36, >= block,
@@ -485,7 +499,8 @@ def forward_f4(x3, s0, g, h, w, u, bias, has_bias, relu, k, band, block, v, mm, 
     plane's pixels contiguous.
 
     The image's tile rows go in ``band``-row bands (:func:`band_rows`: whole images where
-    their V is at most BAND_BYTES, else equal parts), and within a band the output channels
+    their V is at most BAND_BYTES, else equal parts; up to ``images`` whole images side by
+    side in a band, tile columns one after the other), and within a band the output channels
     in blocks of ``block``: a block's 36 products (O_b, C) @ (C, band TW) are followed at
     once by its output transform, so the block's M (36, O_b, band TW; 0.2-0.9 MB on
     GoogLeNet's layers) is read back from the core's L2 instead of L3 or memory, and the
@@ -497,22 +512,30 @@ def forward_f4(x3, s0, g, h, w, u, bias, has_bias, relu, k, band, block, v, mm, 
     batch 8 1.005x (40 pairs; quartiles 0.978-1.059)."""
     c, o = x3.shape[1], y3.shape[1]
     th, tw = (h + 3) // 4, (w + 3) // 4
+    band = min(band, th)
+    per = images if band == th else 1          # images side by side in a band
     buf, s, e, d = _input_f4_buffers(band, tw, v.dtype)
     tr = np.empty((4, 6, band * tw), dtype=v.dtype)
     rows = np.empty((4, 4 * band * tw), dtype=v.dtype)
-    for gi in range(g):
+    for g0 in range(0, g, per):
+        g1 = min(g, g0 + per)
         for ty0 in range(0, th, band):
             ty1 = min(th, ty0 + band)
             nt = (ty1 - ty0) * tw
-            for ci in range(c):
-                _input_f4_rows(x3[s0 + gi, ci], h, w, ty0, ty1, k, buf, s, e, d, v, ci, 0)
+            for gi in range(g0, g1):
+                for ci in range(c):
+                    _input_f4_rows(x3[s0 + gi, ci], h, w, ty0, ty1, k, buf, s, e, d, v, ci,
+                                   (gi - g0) * nt)
+            cols = (g1 - g0) * nt
             for o0 in range(0, o, block):
                 o1 = min(o, o0 + block)
                 for q in range(36):
-                    tiled.product(u[q, o0:o1], v[q, :c, :nt], mm[q, :o1 - o0, :nt])
-                for oi in range(o0, o1):
-                    _output_f4_rows(mm, oi - o0, 0, ty0, ty1, h, w, bias[oi] if has_bias else 0,
-                                    relu, k, tr, rows, y3[n0 + gi, oi])
+                    tiled.product(u[q, o0:o1], v[q, :c, :cols], mm[q, :o1 - o0, :cols])
+                for gi in range(g0, g1):
+                    for oi in range(o0, o1):
+                        _output_f4_rows(mm, oi - o0, (gi - g0) * nt, ty0, ty1, h, w,
+                                        bias[oi] if has_bias else 0, relu, k, tr, rows,
+                                        y3[n0 + gi, oi])
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
