@@ -143,26 +143,35 @@ _FULL, _EDGE = _tile(MR, NR // _LANES), _tile(MR, 1)           # 8 x 32, 8 x (<=
 _ROW_FULL, _ROW_EDGE = _tile(1, NR // _LANES), _tile(1, 1)     # the rows past the last 8
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _row_of_tiles(a, b, out, i0, eight):
+    """Output rows i0 .. i0+7 (``eight``) or row i0 alone, all N columns: tiles of 32
+    columns, the last one of 17-32 with its second vector masked, or of 1-16."""
+    n = out.shape[1]
+    j0 = 0
+    while j0 + 16 < n:
+        if eight:
+            _FULL(a, b, out, i0, j0, min(16, n - j0 - 16))
+        else:
+            _ROW_FULL(a, b, out, i0, j0, min(16, n - j0 - 16))
+        j0 += NR
+    if j0 < n:
+        if eight:
+            _EDGE(a, b, out, i0, j0, n - j0)
+        else:
+            _ROW_EDGE(a, b, out, i0, j0, n - j0)
+
+
 @njit(cache=True, nogil=True)
 def product(a, b, out):
     """out (M, N) = a (M, K) @ b (K, N), for compiled callers
     (:func:`kernels.cpu.winograd.forward_f4`); :func:`matmul` checks the arguments."""
-    m, n = out.shape
+    m = out.shape[0]
     full_rows = m - m % MR
     for i0 in range(0, full_rows, MR):
-        j0 = 0
-        while j0 + 16 < n:
-            _FULL(a, b, out, i0, j0, min(16, n - j0 - 16))
-            j0 += NR
-        if j0 < n:
-            _EDGE(a, b, out, i0, j0, n - j0)
+        _row_of_tiles(a, b, out, i0, True)
     for i in range(full_rows, m):
-        j0 = 0
-        while j0 + 16 < n:
-            _ROW_FULL(a, b, out, i, j0, min(16, n - j0 - 16))
-            j0 += NR
-        if j0 < n:
-            _ROW_EDGE(a, b, out, i, j0, n - j0)
+        _row_of_tiles(a, b, out, i, False)
 
 
 @njit(cache=True, nogil=True)
