@@ -719,6 +719,57 @@ def test_gemm_choice_errors_name_the_setting(monkeypatch):
     assert run.returncode != 0 and "GOOGLENET_BLAS must be one of" in run.stderr
 
 
+_TARGET = """
+import re, sys
+import numpy as np
+if sys.argv[1] == "numba-first":        # something else compiles with Numba first
+    import numba
+    numba.njit(lambda x: x + 1)(1)
+import kernels.cpu
+import llvmlite.binding as llvm
+import numba
+from numba.core import config
+host = llvm.get_host_cpu_features().flatten().split(",")
+print("avx512f" if "+avx512f" in host else "no-avx512f")
+print(config.CPU_FEATURES or "default")
+def body(x, y):                         # a loop like the kernels', compiled now, not cached
+    for i in range(x.size):
+        y[i] = np.sqrt(x[i]) * x[i]
+f = numba.njit(error_model="numpy")(body)
+x = np.ones(4096, np.float32)
+f(x, np.empty_like(x))
+print("zmm" if re.search(r"\\bzmm", next(iter(f.inspect_asm().values()))) else "no-zmm")
+"""
+
+
+def _numba_target(env_extra: dict, mode: str = "") -> list:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CPU_FEATURES", "GOOGLENET_WIDE_VECTORS")}
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", _TARGET, mode or "plain"], env=env,
+                         capture_output=True, text=True, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_kernels_compile_for_512_bit_vectors_on_avx512_cpus():
+    """On a CPU with AVX-512, importing the kernels sets Numba's target features so that
+    LLVM may use 512-bit vectors (it prefers 256-bit ones on Intel's), and a loop compiled
+    afterwards does use zmm registers; elsewhere Numba's default stays."""
+    isa, features, asm = _numba_target({})
+    if isa == "avx512f":
+        assert features.endswith(",-prefer-256-bit") and "+avx512f" in features.split(",")
+        assert asm == "zmm"
+    else:
+        assert features == "default"
+
+
+def test_wide_vectors_leave_a_users_setting_and_an_earlier_compile_alone():
+    assert _numba_target({"GOOGLENET_WIDE_VECTORS": "0"})[1] == "default"
+    assert _numba_target({"NUMBA_CPU_FEATURES": "+sse2"})[1] == "+sse2"
+    assert _numba_target({}, "numba-first")[1] == "default"
+
+
 def test_workspace_is_reused_per_slot():
     a = workspace.get("test-slot", (3, 4), np.float32)
     b = workspace.get("test-slot", (2, 5), np.float32)
