@@ -55,9 +55,10 @@ def _wide_vectors() -> None:
     LLVM tunes Intel's AVX-512 CPUs (Skylake-X to Sapphire Rapids) to prefer 256-bit vectors,
     and Numba compiles for the host's tuning, so there every loop here ran on half-width
     vectors; AMD's Zen 4 already got 512-bit ones. Adding ``-prefer-256-bit`` to the target
-    features Numba compiles with: batch-8 training steps 1.013x on a 2-core Intel Xeon
-    (24 pairs of processes, ``docs/performance_cpu.md``, "Seventeenth round"), the same
-    results (the kernels' loops reorder no sums but the float64 bias-gradient sums).
+    features Numba compiles with: batch-8 training steps 1.030x on a 2-core Intel Xeon
+    (16 pairs of processes, quartiles 1.015-1.045; 1.013x over 24 earlier pairs;
+    ``docs/performance_cpu.md``, "Seventeenth round"), the built-in run's curve the same to
+    the digit (the kernels' loops reorder no sums but the float64 bias-gradient sums).
 
     Numba fixes its target once per process, when it first compiles or decorates, so this
     runs when the package is imported, before any kernel module. It does nothing when

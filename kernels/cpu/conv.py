@@ -443,7 +443,7 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
     count, o, c = u.shape
     m = winograd.tile_size(u)
     k = winograd.constants(u.dtype, count)
-    if count == 36 and u.dtype == np.float32:          # F(4x4, 3x3): band by band
+    if winograd.banded(u):                             # F(4x4, 3x3): band by band
         band, images, block = winograd.band_rows(c, o, h, w)
         images = min(images, g)
         cols = (band if images == 1 else winograd.tiles(h, 1, 4)) * winograd.tiles(1, w, 4)
@@ -509,7 +509,7 @@ def conv2d(x, w, b, stride, pad, relu):
         # 3x3 1.09x, 3b's 5x5 1.37x, conv2 1.04x). F(4x4, 3x3) on small maps takes the
         # images ``winograd.forward_f4`` puts side by side in a band (14x14: two).
         per = 1
-        if u.shape[0] == 36 and u.dtype == np.float32:
+        if winograd.banded(u):
             per = winograd.band_rows(c, w.shape[0], h, wd)[1]
         parallel.run(wino, parallel.chunks(n, per), blas=True, groups=parallel.runs(n),
                      images=True)

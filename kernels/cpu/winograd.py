@@ -263,6 +263,12 @@ BAND_TILES = 32
 BLOCK_CHANNELS = 64
 
 
+def banded(u) -> bool:
+    """Whether a layer with transformed filters u runs by :func:`forward_f4` (F(4x4, 3x3)
+    in float32, the tiled product's type) rather than transforms around BLAS products."""
+    return u.shape[0] == 36 and u.dtype == np.float32
+
+
 def band_rows(c: int, o: int, h: int, w: int) -> tuple[int, int, int]:
     """(tile rows per band, images per band, output channels per block) of
     :func:`forward_f4` for C -> O channels on H x W maps: on small maps (14x14: 16 tiles)
