@@ -16,7 +16,9 @@ That is the plain path (NumPy or CuPy). On NumPy arrays ``layers.dispatch`` norm
 the Numba kernels of ``kernels.cpu.pool`` instead: max pooling's maximum and winning tap in
 long loops over the planes (GoogLeNet's 3x3/1 and 3x3/2 windows over all planes of a run at
 once, other windows plane by plane) and a backward that sends ``gy`` to the winners;
-average pooling window by window. Same winners, same maths.
+average pooling on small maps as one matrix product over all planes (it is linear:
+``kernels.cpu.pool.avg_pool_matrix``), elsewhere window by window. Same winners, same
+maths (the product's float32 sums in another order).
 """
 from __future__ import annotations
 

@@ -385,6 +385,29 @@ def test_avg_pool_kernels_match_numpy(case, dtype, seed):
     assert_close(ours, ref, dtype)
 
 
+@pytest.mark.parametrize("as_product", [True, False])
+@pytest.mark.parametrize("shape,k,s,p", [((2, 9, 14, 14), 5, 3, 0), ((3, 4, 7, 7), 7, 1, 0),
+                                         ((2, 3, 9, 11), 3, 2, 1), ((1, 2, 5, 5), 3, 3, 2)])
+def test_avg_pool_as_one_product_matches_numpy(monkeypatch, shape, k, s, p, as_product):
+    """The matrix path (GoogLeNet's auxiliary heads and pool5) and the window-by-window
+    kernels, each against the NumPy path, forward and backward (gy a strided view too)."""
+    from kernels.cpu import pool as P
+    monkeypatch.setattr(P, "MATRIX_ENTRIES", 1 << 12 if as_product else 0)
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    for view in (False, True):
+        ours, ref = run_both(lambda x: L.avg_pool2d(x, k, s, p), [x], gy_view=view)
+        assert_close(ours, ref, np.float32)
+    h, w = shape[2:]
+    from layers import caffe
+    oh, ow = (caffe.pooled_size(n, k, s, p, True) for n in (h, w))
+    dh, dw = (caffe.avg_pool_divisors(n, o, k, s, p) for n, o in ((h, oh), (w, ow)))
+    m = P.avg_pool_matrix(h, w, k, s, p, dh, dw, np.float64)
+    # each row sums to the share of its window inside the map
+    inside = [[(min(h, yy * s - p + k) - max(0, yy * s - p)) * (min(w, xx * s - p + k) - max(0, xx * s - p))
+               / (dh[yy] * dw[xx]) for xx in range(ow)] for yy in range(oh)]
+    np.testing.assert_allclose(m.sum(axis=1), np.ravel(inside), rtol=1e-12)
+
+
 @pytest.mark.parametrize("shape,s,p", [((2, 3, 112, 112), 2, 0), ((2, 5, 14, 14), 1, 1),
                                        ((3, 4, 7, 7), 1, 1), ((2, 3, 14, 14), 2, 0)])
 def test_max_pool_kernels_on_googlenet_shapes(shape, s, p):

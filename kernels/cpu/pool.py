@@ -1,5 +1,5 @@
 """Pooling kernels: max pooling (maximum and winning tap; backward by scatter to the winners)
-and average pooling.
+and average pooling (on small maps one matrix product, :func:`avg_pool_matrix`).
 
 Same semantics as ``layers.pooling`` (Caffe): windows of k x k with stride s start at
 ``oh*s - pad``; for max pooling, positions outside the input (padding and the extra
@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import parallel
+from . import arrays, parallel
 from .loops import copy, u64
 
 
@@ -417,8 +417,47 @@ def max_pool2d_backward(gy, winner, k, s, pad, x_shape):
     return gx
 
 
+# Average pooling is linear: on a map small enough, one (OH*OW, H*W) matrix P holds it,
+# P[o, i] = 1 / divisor(o) where pixel i lies in output o's window, and every plane of the
+# batch goes through it in one product, y (N*C, OH*OW) = x (N*C, H*W) @ P^T, backward
+# gx = gy @ P. GoogLeNet's auxiliary heads (14x14 -> 4x4 by 5x5/3) and pool5 (7x7 -> 1x1),
+# batch 8, two threads, forward and backward each: 2.0-2.7x (aux) and 1.15x (pool5) the
+# window-by-window kernels below, about 2 ms less a training step (0.5%; 40 paired steps
+# measured 1.001x, within their noise). Up to MATRIX_ENTRIES entries (16 KiB in float32);
+# larger maps take the kernels.
+MATRIX_ENTRIES = 1 << 12
+_matrices: dict = {}
+
+
+def avg_pool_matrix(h, w, k, s, pad, dh, dw, dtype) -> np.ndarray:
+    """P (len(dh) * len(dw), H*W) of :func:`avg_pool2d` as a product (read-only, cached)."""
+    key = (h, w, k, s, pad, tuple(dh.tolist()), tuple(dw.tolist()), np.dtype(dtype))
+    p = _matrices.get(key)
+    if p is None:
+        oh, ow = len(dh), len(dw)
+        p4 = np.zeros((oh, ow, h, w))
+        for yy in range(oh):
+            y0, y1 = max(0, yy * s - pad), min(h, yy * s - pad + k)
+            for xx in range(ow):
+                x0, x1 = max(0, xx * s - pad), min(w, xx * s - pad + k)
+                p4[yy, xx, y0:y1, x0:x1] = 1.0 / (float(dh[yy]) * float(dw[xx]))
+        p = p4.reshape(oh * ow, h * w).astype(dtype)
+        p.flags.writeable = False
+        _matrices[key] = p
+    return p
+
+
+def _as_product(shape, dh, dw) -> bool:
+    return len(dh) * len(dw) * shape[2] * shape[3] <= MATRIX_ENTRIES
+
+
 def avg_pool2d(x, k, s, pad, dh, dw):
     """y (N, C, len(dh), len(dw)): window sums over Caffe's divisors dh[yy] * dw[xx]."""
+    n, c, h, w = x.shape
+    if _as_product(x.shape, dh, dw):
+        p = avg_pool_matrix(h, w, k, s, pad, dh, dw, x.dtype)
+        x2 = np.ascontiguousarray(x).reshape(n * c, h * w)
+        return arrays.matmul(x2, p.T).reshape(n, c, len(dh), len(dw))
     y = np.empty(x.shape[:2] + (len(dh), len(dw)), dtype=x.dtype)
     parallel.over_images(x.shape[0], lambda i: avg_pool_forward(x[i], k, s, pad, dh, dw, y[i]))
     return y
@@ -426,6 +465,11 @@ def avg_pool2d(x, k, s, pad, dh, dw):
 
 def avg_pool2d_backward(gy, k, s, pad, dh, dw, x_shape):
     """gx (x_shape): every output's gy / divisor spread over its window."""
+    n, c, h, w = x_shape
+    if _as_product(x_shape, dh, dw):
+        p = avg_pool_matrix(h, w, k, s, pad, dh, dw, gy.dtype)
+        gy2 = np.ascontiguousarray(gy).reshape(n * c, len(dh) * len(dw))
+        return arrays.matmul(gy2, p).reshape(x_shape)
     gx = np.empty(x_shape, dtype=gy.dtype)
     parallel.over_images(gy.shape[0], lambda i: avg_pool_backward(gy[i], k, s, pad, dh, dw,
                                                                   gx[i]))
