@@ -8,6 +8,7 @@ max-pool winners must be identical, ties included; everything else agrees to rou
 Also: the pool's run order and determinism, workspaces, the dispatch switch, and GoogLeNet end
 to end.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -504,6 +505,63 @@ def test_parallel_run_reraises_a_runs_exception():
     with pytest.raises(ValueError, match="run with 17"):
         parallel.run(body, list(range(23)))
     assert sum(parallel.run(lambda run: len(run), list(range(9)))) == 9   # still usable
+
+
+def test_parallel_run_called_inside_a_run_runs_there_without_deadlock():
+    def body(run):
+        return [sum(parallel.run(lambda inner: len(inner), list(range(5))))] * len(run)
+    assert parallel.run(body, list(range(6))) == [[5] * len(r) for r in
+                                                  parallel.run(lambda r: r, list(range(6)))]
+
+
+@pytest.mark.parametrize("spin_seconds", [0.0, 500e-6])
+def test_handoff_team_runs_each_function_on_its_helper_and_waits(monkeypatch, spin_seconds):
+    """Spinning or sleeping, every call's functions have run (on other threads) when join
+    returns, however long they take; a raised exception comes back from join; the team
+    stays usable."""
+    import threading
+    import time
+
+    from kernels.cpu import handoff
+    monkeypatch.setattr(handoff, "SPIN_SECONDS", spin_seconds)
+    team = handoff.Team(name="test-team")
+    assert (team.spins > 0) == (spin_seconds > 0)
+    me = threading.get_ident()
+    for call in range(60):
+        seen = []
+
+        def job(i, delay=(call % 3) * 1e-3 * (call % 7 == 0)):
+            time.sleep(delay)
+            seen.append((i, threading.get_ident() != me))
+        team.start([functools.partial(job, i) for i in range(1 + call % 3)])
+        assert team.join() is None
+        assert sorted(seen) == [(i, True) for i in range(1 + call % 3)]
+    team.start([lambda: 1 / 0, lambda: None])
+    assert isinstance(team.join(), ZeroDivisionError)
+    out = []
+    team.start([lambda: out.append(1)])
+    assert team.join() is None and out == [1]
+
+
+def test_handoff_spin_sees_another_threads_store():
+    import threading
+
+    from kernels.cpu import handoff
+    flags = np.zeros(2, dtype=np.int64)
+    assert not handoff.spin_while(flags, 1, 0, 1000)          # nothing changes: budget runs out
+    threading.Timer(0.01, lambda: flags.__setitem__(1, 7)).start()
+    assert handoff.spin_while(flags, 1, 0, handoff._spins_for(10.0))   # sees the other thread's store
+    posted = np.array([7, 0], dtype=np.int64)
+    assert not handoff.store_then_spin(flags, 0, 5, posted, 7, 100) and flags[0] == 5
+    assert handoff.store_then_spin(flags, 0, 6, posted, 3, 100) and flags[0] == 6
+
+
+def test_handoff_spin_setting_is_checked():
+    code = "import kernels.cpu.handoff"
+    env = dict(os.environ, GOOGLENET_SPIN_US="fast")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=ROOT)
+    assert res.returncode != 0 and "GOOGLENET_SPIN_US must be a number of microseconds" in res.stderr
 
 
 def test_pipeline_queues_per_image_calls_and_keeps_their_order(monkeypatch):

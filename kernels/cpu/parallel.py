@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
-from . import memory
+from . import handoff, memory
 
 
 def _default_threads() -> int:
@@ -57,25 +57,49 @@ def _default_threads() -> int:
 
 
 THREADS = _default_threads()
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+_team: handoff.Team | None = None
+_team_lock = threading.Lock()      # creating the team
+_call_lock = threading.Lock()      # one call on the team at a time
 
 
 def threads() -> int:
     return THREADS
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max(1, THREADS - 1), thread_name_prefix="googlenet-cpu")
-        return _pool
+def _helpers() -> handoff.Team:
+    global _team
+    with _team_lock:
+        if _team is None:
+            _team = handoff.Team()
+        return _team
+
+
+def _with_helpers(fns, mine) -> None:
+    """fns[i]() on helper i and mine() on this thread at once; returns when all are done,
+    raising the first exception (this thread's first). While another thread's call holds
+    the helpers, everything runs here instead, one after the other."""
+    if not _call_lock.acquire(blocking=False):
+        mine()
+        for fn in fns:
+            fn()
+        return
+    try:
+        team = _helpers()
+        team.start(fns)
+        try:
+            mine()
+        finally:
+            error = team.join()
+    finally:
+        _call_lock.release()
+    if error is not None:
+        raise error
 
 
 def _forget_pool_after_fork() -> None:
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()   # a forked child has none of the threads
+    global _team, _team_lock, _call_lock
+    # a forked child has none of the threads
+    _team, _team_lock, _call_lock = None, threading.Lock(), threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -287,12 +311,8 @@ def _run_queued(queued: list) -> None:
         except BaseException as e:       # the other threads finish theirs
             errors.append(e)
 
-    helpers = [_executor().submit(share, t) for t in range(1, THREADS)]
-    try:
-        share(0)
-    finally:
-        for f in helpers:
-            f.exception()
+    _with_helpers([functools.partial(share, t) for t in range(1, THREADS)],
+                  functools.partial(share, 0))
     if errors:
         raise errors[0]
     shared = [fn for fn, is_shared in then if is_shared]
@@ -341,14 +361,7 @@ def run(body, items: list, blas: bool = False, groups: int | None = None,
         while (i := next(next_run)) < k:
             results[i] = body(runs[i])
 
-    helpers = [_executor().submit(work) for _ in range(min(THREADS, k) - 1)]
-    try:
-        work()
-    finally:
-        for f in helpers:            # wait for them even if this thread's body raised
-            f.exception()
-    for f in helpers:
-        f.result()                   # re-raise a helper's exception
+    _with_helpers([work] * (min(THREADS, k) - 1), work)
     return results
 
 
