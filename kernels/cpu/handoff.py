@@ -21,9 +21,13 @@ array, in a Numba function that runs without the GIL, and only then sleeps on a
 The counters are read with an atomic acquire load and written with a release store
 (:func:`_load_acquire`, :func:`_store_release`: LLVM instructions Numba does not offer
 itself), so a spinning loop really re-reads memory and sees the function stored before the
-counter. An empty hand-off then costs about 30 microseconds instead of 85, and whole
-training steps ran 1.028x faster at batch 8 (60 paired steps, quartiles 0.998-1.047) and
-1.017x at batch 32 (16 pairs), two threads.
+counter. An empty hand-off then costs about 30 microseconds instead of 85. Whole training
+steps, two threads, paired against the executor in one process: GoogLeNet at batch 8
+1.004x-1.028x over five runs of 30-60 pairs (their medians 1.004, 1.009, 1.011, 1.012,
+1.028), at batch 32 1.017x (16 pairs); LeNet-5 at batch 64 1.026x (60 pairs), NiN and
+ResNet-34 1.00x. What the hand-off still costs is mostly the GIL: the helper, seeing its
+call at once, wants the GIL while the caller still runs Python, and sleeps on it (a median
+73 microseconds from the post to the helper's first line).
 
 A spinning thread holds its core. With another process busy on one of the two cores, the
 steps ran at 0.956x the sleeping executor's speed (12 pairs): the waiting thread's spin
