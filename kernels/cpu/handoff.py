@@ -52,7 +52,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 
-
 def _spin_seconds() -> float:
     text = os.environ.get("GOOGLENET_SPIN_US", "500")
     try:
@@ -119,11 +118,7 @@ def spin_while(counters, i, value, spins):
 def store_then_spin(finished, i, value, posted, seen, spins):
     """finished[i] = value, then :func:`spin_while` posted[i] == seen, all without the GIL."""
     _store_release(finished, i, value)
-    for _ in range(spins):
-        if _load_acquire(posted, i) != seen:
-            return True
-        _pause()
-    return False
+    return spin_while(posted, i, seen, spins)
 
 
 def _spins_for(seconds: float) -> int:
