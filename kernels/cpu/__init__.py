@@ -26,12 +26,15 @@ the batch out over the threads. Modules:
   arrays reuse pages from step to step;
 * ``workspace`` -- per-thread buffers reused from call to call instead of reallocated;
 * ``tiled``     -- a register-tiled matrix product of our own (vector code written in LLVM's
-  IR), which the lab times beside BLAS's; the step's products stay on BLAS;
+  IR): the F(4x4, 3x3) layers' products inside ``winograd.forward_f4``, timed by the lab
+  beside BLAS's;
 * ``lab``       -- first versions beside the promoted ones, validated and timed
   (``python -m kernels.cpu.lab``).
 
 Every kernel is ``@njit(cache=True, nogil=True)``: compiled on its first call (not at import)
-and cached on disk, so later processes load machine code instead of compiling again. The
+and cached on disk, so later processes load machine code instead of compiling again. Numba
+checks only the file that defines a cached function: after editing ``loops`` or ``tiled``,
+whose functions the others compile into their own, delete ``kernels/cpu/__pycache__``. The
 kernels themselves are serial; ``parallel`` runs them on several images at once, each thread
 writing only its own images, so there are no atomics and the results are deterministic.
 On CPUs with AVX-512 they are compiled for 512-bit vectors (:func:`_wide_vectors`; LLVM
