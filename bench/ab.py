@@ -11,7 +11,8 @@ first compiles the other tree's kernels into its own cache). Each pair gives one
 the other revision's median step time over this checkout's (above 1: this checkout is
 faster); the report gives the median ratio and its quartiles over the pairs, with each
 tree's step times. The measured processes run without ``OPENBLAS_CORETYPE`` and
-``OPENBLAS_L2_SIZE`` (:mod:`bench.environment`), as a user's would.
+``OPENBLAS_L2_SIZE`` (:mod:`bench.environment`), as a user's would, and report the BLAS
+they loaded and the library of the kernels' products.
 
 Uncommitted changes are part of "this checkout"; the other side is the revision as
 committed. The worker uses only the network's public API (``models.googlenet.GoogLeNet``,
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import platform
 import shutil
 import statistics
@@ -36,9 +36,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(_ROOT))
 
-from bench.environment import user_env, write_report  # noqa: E402
-
-LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 2e-4     # as bench.train_throughput's steps
+from bench.environment import blas_info, blas_text, user_env, write_report  # noqa: E402
+from bench.train_throughput import LR, MOMENTUM, WEIGHT_DECAY  # noqa: E402
 
 
 class AbError(Exception):
@@ -74,7 +73,18 @@ def _worker(root: str, batch: int, steps: int, warmup: int, image_size: int) -> 
         times.append(time.perf_counter() - t0)
     import models
     return {"median_s": statistics.median(times), "times_s": times,
-            "models_from": str(Path(models.__file__).resolve().parents[1])}
+            "models_from": str(Path(models.__file__).resolve().parents[1]),
+            "blas": blas_info(), "kernel_products": _kernel_products()}
+
+
+def _kernel_products() -> str:
+    """The library of the tree's CPU kernels' products ("mkl" or "numpy"; "numpy" for a
+    revision from before the choice existed)."""
+    try:
+        from kernels.cpu import gemm
+    except ImportError:
+        return "numpy"
+    return gemm.library()
 
 
 # ----------------------------------------------------------------------------- parent
@@ -124,13 +134,12 @@ def run(args) -> dict:
     except AbError:
         raise AbError(f"{args.rev!r} is not a commit of this repository") from None
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-    batches = [int(b) for b in args.batch_sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="googlenet-ab-"))
     other = tmp / "tree"
     _git("worktree", "add", "--detach", "--quiet", str(other), sha)
     try:
         results = []
-        for batch in batches:
+        for batch in args.batches:
             pairs = []
             for i in range(args.pairs):
                 order = ("other", "this") if i % 2 == 0 else ("this", "other")
@@ -142,8 +151,11 @@ def run(args) -> dict:
                 pairs.append({"other_s": got["other"]["median_s"],
                               "this_s": got["this"]["median_s"],
                               "ratio": got["other"]["median_s"] / got["this"]["median_s"]})
+                blas = {side: {"blas": got[side]["blas"],
+                               "kernel_products": got[side]["kernel_products"]}
+                        for side in got}
             q1, q2, q3 = _quartiles([p["ratio"] for p in pairs])
-            results.append({"batch": batch, "pairs": pairs, "ratio_median": q2,
+            results.append({"batch": batch, "pairs": pairs, "blas": blas, "ratio_median": q2,
                             "ratio_quartiles": [q1, q3],
                             "other_median_s": statistics.median(p["other_s"] for p in pairs),
                             "this_median_s": statistics.median(p["this_s"] for p in pairs)})
@@ -171,6 +183,9 @@ def format_report(report: dict) -> str:
         lines.append(f"  batch {r['batch']}: {r['ratio_median']:.3f}x (quartiles {q1:.3f}-"
                      f"{q3:.3f}); steps {r['this_median_s'] * 1e3:.1f} ms against "
                      f"{r['other_median_s'] * 1e3:.1f} ms")
+        for side, got in r["blas"].items():
+            lines.append(f"    BLAS ({side}): " + "; ".join(blas_text(b) for b in got["blas"])
+                         + f"; the kernels' products on {got['kernel_products']}")
     lines.append("ratio: the other revision's step time / this checkout's "
                  "(above 1: this checkout is faster)")
     return "\n".join(lines)
@@ -207,15 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        batches = [int(b) for b in args.batch_sizes.split(",")]
-        if not batches or min(batches) < 1:
+        args.batches = [int(b) for b in args.batch_sizes.split(",")]
+        if min(args.batches) < 1:
             raise ValueError
     except ValueError:
         print(f"error: --batch-sizes must be positive integers separated by commas, got "
               f"{args.batch_sizes!r}", file=sys.stderr)
         return 2
     if args.worker:
-        print(json.dumps(_worker(args.worker, batches[0], args.steps, args.warmup,
+        print(json.dumps(_worker(args.worker, args.batches[0], args.steps, args.warmup,
                                  args.image_size)))
         return 0
     if not args.rev:

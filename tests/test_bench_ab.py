@@ -51,6 +51,8 @@ def test_head_against_itself(tmp_path):
         assert pair["other_s"] > 0 and pair["this_s"] > 0
         assert pair["ratio"] == pytest.approx(pair["other_s"] / pair["this_s"])
     assert "batch 2:" in proc.stdout and "pairs of processes" in proc.stdout
+    assert set(result["blas"]) == {"this", "other"}
+    assert "BLAS (this):" in proc.stdout
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True,
                                text=True).stdout
     assert "googlenet-ab-" not in worktrees       # the temporary tree is gone
