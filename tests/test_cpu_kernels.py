@@ -250,7 +250,7 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     assert size((8, 64, 56, 56), (192, 64, 3, 3), 1, 1, "weights") == 4
     assert size((8, 16, 28, 28), (32, 16, 3, 3), 1, 1) == 4                  # few channels
     assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == 4               # 14x14
-    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 4
+    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 2
     assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "weights") == 4
     assert size((8, 32, 14, 14), (64, 32, 3, 3), 1, 1) == 0
     assert size((8, 160, 7, 7), (320, 160, 3, 3), 1, 1) == 0                 # small maps
@@ -260,27 +260,26 @@ def test_winograd_is_chosen_only_where_it_measured_faster(monkeypatch):
     assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 2, "weights") == 4
     assert size((8, 32, 14, 14), (128, 32, 5, 5), 1, 2) == 0                 # 5x5, 14x14
     assert size((8, 32, 28, 28), (96, 32, 5, 5), 1, 1) == 0                  # not "same"
-    monkeypatch.setattr(winograd, "SMALL_MAPS_F4", False)
-    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == 2
-    assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 2
-    for shape, m in (((2, 64, 16, 16), 4), ((2, 64, 14, 14), 2)):
-        calls = []
-        count = (m + 2) ** 2
-        real = winograd.TRANSFORMS[count]
-        monkeypatch.setitem(winograd.TRANSFORMS, count,  # records whose input it transforms
-                            (lambda *a, f=real[0]: calls.append(a[0].shape[1])
-                             or f(*a), real[1]))
-        if count == 36:                                  # forward_f4 transforms its own
-            monkeypatch.setattr(winograd, "forward_f4", lambda *a, f=winograd.forward_f4:
-                                calls.append(("forward_f4", a[0].shape[1])) or f(*a))
-            calls_of = lambda c: ("forward_f4", c)      # noqa: E731
-        else:
-            calls_of = lambda c: c                      # noqa: E731
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    calls = []
+    real = winograd.TRANSFORMS[16]                      # F(2x2, 3x3)'s input transform
+    monkeypatch.setitem(winograd.TRANSFORMS, 16,         # records whose input it transforms
+                        (lambda *a, f=real[0]: calls.append(("f2", a[0].shape[1])) or f(*a),
+                         real[1]))
+    monkeypatch.setattr(winograd, "forward_f4", lambda *a, f=winograd.forward_f4:  # F(4x4)
+                        calls.append(("f4", a[0].shape[1])) or f(*a))
+    # (maps, SMALL_MAPS_F4, the forward's F(m x m), the input gradient's)
+    for side, small_f4, forward, backward in ((16, True, "f4", "f4"), (14, True, "f4", "f2"),
+                                              (16, False, "f4", "f4"), (14, False, "f2", "f2")):
+        monkeypatch.setattr(winograd, "SMALL_MAPS_F4", small_f4)
+        if side == 14:
+            assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1) == int(forward[1])
+            assert size((8, 128, 14, 14), (256, 128, 3, 3), 1, 1, "input") == 2
+        calls.clear()
+        x = np.random.default_rng(0).standard_normal((2, 64, side, side)).astype(np.float32)
         wt = np.random.default_rng(1).standard_normal((80, 64, 3, 3)).astype(np.float32)
         ours, ref = run_both(lambda *a: L.conv2d(*a, pad=1, relu=True), [x, wt])
-        assert calls_of(64) in calls                   # the forward took it (x: 64 channels)
-        assert calls_of(80) in calls                   # the input gradient (gY: 80)
+        assert (forward, 64) in calls                  # the forward took it (x: 64 channels)
+        assert (backward, 80) in calls                 # the input gradient (gY: 80)
         assert_close(ours[2:], ref[2:], np.float32)    # the weight gradient
         assert_close(ours[:2], ref[:2], np.float32)
 

@@ -82,18 +82,19 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward", k: int = 3) -
       Forward and input gradient this way (instead of F(2x2, 3x3) and im2col + GEMM):
       1.046x at batch 8, 1.057x at batch 32; the weight gradient too: another 1.046x and
       1.048x (per chunk, 2.1-2.4x im2col + GEMM's);
-    * on 14x14 and 15x15 maps with 64 channels or more in and out, F(4x4, 3x3) in all
-      three phases (it computes 16x16 pixels per 14x14 map, 2.94 multiplies per pixel
-      where F(2x2, 3x3) does 4): the forward and input gradient by :func:`forward_f4` with
-      two images side by side in a band, against F(2x2, 3x3) with OpenBLAS's products
+    * on 14x14 and 15x15 maps with 64 channels or more in and out, F(4x4, 3x3) for the
+      forward and the weight gradient (it computes 16x16 pixels per 14x14 map, 2.94
+      multiplies per pixel where F(2x2, 3x3) does 4): the forward by :func:`forward_f4`
+      with two images side by side in a band, against F(2x2, 3x3) with OpenBLAS's products
       (the layers' calls alone on two threads, summed over inception 4a-4e: 1.06x and 1.27x
       in two runs; whole steps, with :func:`forward_f4` on the larger maps too, 0.996x
       at batch 8 (100 pairs, a busy host) and 1.045x at batch 32 (20 pairs)).
-      ``SMALL_MAPS_F4 = False`` gives the earlier choice, F(2x2, 3x3) for the forward and
-      the input gradient (1.1-1.2x im2col + GEMM; F(4x4, 3x3) with OpenBLAS's products on
-      one image at a time was 0.97-0.98x in its place). The weight gradient by F(4x4, 3x3)
-      with the backward's input gradient by F(2x2, 3x3): 1.042x whole steps at batch 8 (40
-      pairs) and 1.006x at batch 32 (12 pairs);
+      ``SMALL_MAPS_F4 = False`` gives the earlier forward, F(2x2, 3x3) (1.1-1.2x im2col +
+      GEMM; F(4x4, 3x3) with OpenBLAS's products on one image at a time was 0.97-0.98x in
+      its place). The weight gradient by F(4x4, 3x3): 1.042x whole steps at batch 8 (40
+      pairs) and 1.006x at batch 32 (12 pairs). The input gradient by F(2x2, 3x3) with
+      MKL's products: inception 4a-4e's backward alone 1.04-1.11x :func:`forward_f4`'s,
+      whole steps 1.007x at batch 8 (100 pairs) and 1.003x at batch 32 (25 pairs);
     * im2col + GEMM on smaller maps (GoogLeNet's 7x7: few tiles per chunk for all of U;
       0.6-0.7x) and few channels.
 
@@ -107,7 +108,9 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward", k: int = 3) -
     if min(h, w) >= 16:
         return 4
     if min(h, w) >= 14 and min(c, o) >= 64:
-        return 4 if phase == "weights" or SMALL_MAPS_F4 else 2
+        if phase == "weights":
+            return 4
+        return 4 if phase == "forward" and SMALL_MAPS_F4 else 2
     return 0
 
 
