@@ -765,6 +765,30 @@ def test_gemm_matches_a_float64_product_in_every_layout(monkeypatch, library, dt
         np.testing.assert_allclose(out, want, rtol=tol, atol=tol, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_hands_every_blas_layout_to_mkl_from_compiled_code(monkeypatch, dtype):
+    """The compiled call (gemm._product) takes every layout BLAS can name, so that no
+    product of a step silently drops to NumPy's, and declines the others."""
+    from kernels.cpu import gemm
+    monkeypatch.setattr(gemm, "_choice", gemm._choice)
+    try:
+        gemm.use("mkl")
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    for name, a, b, out in _gemm_cases(dtype):
+        if not a.ndim == b.ndim == out.ndim:
+            continue                                  # matmul gives these to NumPy itself
+        done = gemm._product(*gemm._mkl.fns[out.dtype], a, b, out, gemm.LARGE_OUT)
+        assert done == ("(NumPy)" not in name), name
+        if done:
+            want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(out, want, rtol=tol, atol=tol, err_msg=name)
+    a = np.ones((4, 4), dtype)
+    assert not gemm._product(*gemm._mkl.fns[a.dtype], a, a, a, gemm.LARGE_OUT)  # overlap
+    assert not gemm._product(*gemm._mkl.fns[a.dtype], a, a, np.empty_like(a), 16)  # too large
+
+
 def test_gemm_products_over_the_size_limit_and_overlapping_ones_are_still_right(monkeypatch):
     from kernels.cpu import gemm
     rng = np.random.default_rng(12)
