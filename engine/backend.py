@@ -7,6 +7,8 @@ exists; everything else asks :func:`get_array_module`.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib
 
 import numpy as np
 
@@ -108,8 +110,17 @@ def to_numpy(a) -> np.ndarray:
 def _cpu_arrays(a):
     if is_cupy_array(a) or not isinstance(a, np.ndarray):
         return None
-    from kernels.cpu import arrays
-    return arrays
+    return cpu_kernels("arrays")
+
+
+@functools.cache
+def cpu_kernels(name: str = ""):
+    """``kernels.cpu`` (or its module ``name``), imported at the first call, so that Numba is
+    loaded only once a CPU kernel is wanted. After that a cached lookup: an import statement
+    inside a function runs importlib's Python code at every call, several hundred times a
+    training step, each call slower there than alone (the kernels' data has pushed the
+    interpreter's out of the caches)."""
+    return importlib.import_module("kernels.cpu" + (f".{name}" if name else ""))
 
 
 def add(a, b):

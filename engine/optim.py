@@ -36,10 +36,9 @@ from . import backend
 
 def _fused_kernels(w, g):
     """``kernels.cpu.sgd`` when it can update this parameter (NumPy, Numba importable)."""
-    from kernels import cpu
-    if not cpu.available():
+    if not backend.cpu_kernels().available():
         return None
-    from kernels.cpu import sgd
+    sgd = backend.cpu_kernels("sgd")
     return sgd if sgd.fusable(w, g) else None
 
 
@@ -172,8 +171,7 @@ class SGD(Optimizer):
                 d = d + self.momentum * v if self.nesterov else v
             p.data -= lr * d  # in place: keeps the array the model and the optimizer share
         if fused:   # NumPy parameters: the same update in one pass each, on all cores
-            from kernels.cpu import sgd
-            sgd.update(fused, self.momentum, self.nesterov)
+            backend.cpu_kernels("sgd").update(fused, self.momentum, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -212,8 +210,7 @@ class Adam(Optimizer):
                 p.data -= (lr * wd) * p.data
             p.data -= (lr / c1) * m / (backend.get_array_module(v).sqrt(v / c2) + self.eps)
         if fused:
-            from kernels.cpu import sgd
-            sgd.adam_update(fused, self.beta1, self.beta2, self.eps, c1, c2)
+            backend.cpu_kernels("sgd").adam_update(fused, self.beta1, self.beta2, self.eps, c1, c2)
 
 
 class PolyakAverage:
@@ -249,8 +246,7 @@ class PolyakAverage:
             s *= d
             s += (1 - d) * p.data
         if fused:   # NumPy parameters: one pass each, on all cores
-            from kernels.cpu import sgd
-            sgd.average(fused, d)
+            backend.cpu_kernels("sgd").average(fused, d)
 
     def swap(self, model) -> None:
         for name, p in model.named_parameters():

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.backend import get_array_module
+from engine.backend import cpu_kernels, get_array_module
 from engine.tensor import Function, Tensor
 
 from ._check import check_float, check_rank
@@ -132,11 +132,11 @@ class Conv2dFunction(KernelFunction):
 
     # ------------------------------------------------ cpu: kernels.cpu.conv
     def forward_cpu(self, x, w, b=None):
-        from kernels.cpu import conv
+        conv = cpu_kernels("conv")
         return conv.conv2d(x, w, b, self.stride, self.pad, self.relu)
 
     def backward_cpu(self, gy):
-        from kernels.cpu import conv
+        conv = cpu_kernels("conv")
         need_b = self.has_bias and self.needs_grad[2]
         return self._grads(*conv.conv2d_backward(
             gy, self.x, self.w, self.y if self.relu else None, self.stride, self.pad, self.relu,

@@ -38,7 +38,7 @@ import os
 import sys
 
 from engine import profile as _profile
-from engine.backend import is_cupy_array
+from engine.backend import cpu_kernels, is_cupy_array
 from engine.tensor import BackwardSchedule, Function, set_backward_schedule
 
 MODES = ("auto", "plain", "cpu", "cuda")
@@ -77,8 +77,7 @@ def use(new_mode: str):
 
 
 def cpu_kernels_available() -> bool:
-    from kernels import cpu
-    return cpu.available()
+    return cpu_kernels().available()
 
 
 @contextlib.contextmanager
@@ -90,8 +89,7 @@ def pipelined():
     if _mode == "plain" or _profile.active() is not None or not cpu_kernels_available():
         yield
         return
-    from kernels.cpu import parallel
-    with parallel.pipeline():
+    with cpu_kernels("parallel").pipeline():
         yield
 
 

@@ -17,6 +17,7 @@ instead of 7.2 thread-ms.
 """
 from __future__ import annotations
 
+from engine.backend import cpu_kernels
 from engine.tensor import Tensor
 
 from ._check import check_float, check_rank
@@ -45,7 +46,7 @@ class LinearFunction(KernelFunction):
         return y
 
     def forward_cpu(self, x, w, b=None):
-        from kernels.cpu import arrays
+        arrays = cpu_kernels("arrays")
         y = arrays.matmul(x, w.T)              # (N, out): spans of w's rows per thread
         if b is not None:
             y += b
@@ -60,7 +61,7 @@ class LinearFunction(KernelFunction):
         return self._with_bias(gy, gx, gw)
 
     def backward_cpu(self, gy):
-        from kernels.cpu import arrays
+        arrays = cpu_kernels("arrays")
         # gx (N, in) = gy @ w with spans of w's columns; gw (out, in) with spans of its
         # rows; both products in one pool call
         products = [(gy, self.w)] if self.needs_grad[0] else []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.backend import cpu_kernels
 from engine.tensor import Tensor
 
 from . import caffe
@@ -72,12 +73,12 @@ class LRNFunction(KernelFunction):
         return gy * pow_ - (2.0 * self.alpha * self.beta / self.size) * x * inner
 
     def forward_cpu(self, x):
-        from kernels.cpu import lrn
+        lrn = cpu_kernels("lrn")
         self.x = x = np.ascontiguousarray(x)
         return lrn.lrn(x, self.size, self.alpha, self.beta, self.k)
 
     def backward_cpu(self, gy):
-        from kernels.cpu import lrn
+        lrn = cpu_kernels("lrn")
         return lrn.lrn_backward(self.x, gy, self.size, self.alpha, self.beta, self.k)
 
 

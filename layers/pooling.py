@@ -22,7 +22,7 @@ maths (the product's float32 sums in another order).
 """
 from __future__ import annotations
 
-from engine.backend import get_array_module
+from engine.backend import cpu_kernels, get_array_module
 from engine.tensor import Tensor
 
 from . import caffe
@@ -104,14 +104,14 @@ class MaxPool2dFunction(_Pool2dFunction):
                             gy.dtype)
 
     def forward_cpu(self, x):
-        from kernels.cpu import pool
+        pool = cpu_kernels("pool")
         # Called outside a graph (no_grad, inference) nothing goes backward: skip the winners.
         track = self.needs_grad != (False,)
         y, self.winner = pool.max_pool2d(x, self.k, self.s, self.pad, *self.out_hw, track)
         return y
 
     def backward_cpu(self, gy):
-        from kernels.cpu import pool
+        pool = cpu_kernels("pool")
         return pool.max_pool2d_backward(gy, self.winner, self.k, self.s, self.pad, self.x_shape)
 
 
@@ -144,12 +144,12 @@ class AvgPool2dFunction(_Pool2dFunction):
         return self._spread(xp, lambda t: share, *self.out_hw, gy.dtype)
 
     def forward_cpu(self, x):
-        from kernels.cpu import pool
+        pool = cpu_kernels("pool")
         dh, dw = self._axis_divisors(*x.shape[2:], *self.out_hw, x.dtype)
         return pool.avg_pool2d(x, self.k, self.s, self.pad, dh, dw)
 
     def backward_cpu(self, gy):
-        from kernels.cpu import pool
+        pool = cpu_kernels("pool")
         dh, dw = self._axis_divisors(*self.x_shape[2:], *self.out_hw, gy.dtype)
         return pool.avg_pool2d_backward(gy, self.k, self.s, self.pad, dh, dw, self.x_shape)
 
