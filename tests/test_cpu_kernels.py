@@ -763,6 +763,10 @@ def test_gemm_matches_a_float64_product_in_every_layout(monkeypatch, library, dt
         assert got is out, name
         tol = 1e-5 if dtype == np.float32 else 1e-12
         np.testing.assert_allclose(out, want, rtol=tol, atol=tol, err_msg=name)
+        start = np.arange(out.size, dtype=dtype).reshape(out.shape) / out.size
+        out[...] = start                                # accumulate: out += a @ b
+        assert gemm.matmul(a, b, out, accumulate=True) is out, name
+        np.testing.assert_allclose(out, start + want, rtol=tol, atol=tol, err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

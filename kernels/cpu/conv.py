@@ -461,8 +461,9 @@ def _winograd_chunk(src3, s0, u, bias, has_bias, relu, h, w, out3, n0, g):
     out_of(prod_all, bias, has_bias, relu, k, n0, h, w, out3)
 
 
-def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out):
-    """out ((4+r-1)^2, O, C) = sum over the tiles of images n0 .. n0+g-1 of Z[k] V[k]^T, by
+def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out, accumulate=False):
+    """out ((4+r-1)^2, O, C) = sum over the tiles of images n0 .. n0+g-1 of Z[k] V[k]^T
+    (added to out with ``accumulate``), by
     F(4x4, r x r) (r = 3 or 5, from out's first dimension, 36 or 64): V the input transform
     of x3 (N, C, H*W), Z the gradient transform of gy_images (g, O, H*W), the masked output
     gradient; :func:`winograd.filter_gradient` of the sum over chunks is gW."""
@@ -473,7 +474,7 @@ def _winograd_weights_chunk(x3, n0, gy_images, h, w, g, out):
     z_all, z = _stack("wino_z", count, o, nt, out.dtype)
     winograd.TRANSFORMS[count][0](x3, n0, h, w, k, v_all)
     winograd.GRADIENT_TRANSFORMS[count](gy_images, 0, h, w, k, z_all)
-    gemm.matmul(z, v.transpose(0, 2, 1), out=out)   # count GEMMs (O, tiles) @ (tiles, C)
+    gemm.matmul(z, v.transpose(0, 2, 1), out, accumulate)  # count (O, tiles) @ (tiles, C)
 
 
 def _flat_images(x):
@@ -597,7 +598,8 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
 
     def body(chunks):
         """One run of chunks; returns its (gW, gb) partial sums. The run's first GEMM writes
-        its gW straight into the sum (no zero-filled start, no add)."""
+        its gW straight into the sum (no zero-filled start), the others add theirs to it
+        inside the product (``gemm.matmul``'s ``accumulate``)."""
         gw2 = None
         gb = np.zeros(o, dtype=np.float64) if need_b else None
         gb_sum = gb if need_b else _NO_SUMS
@@ -610,15 +612,13 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                          gb_sum[lo:hi] if need_b else gb_sum, need_b, strided, lo)
 
         def add_gw(fill):
+            """fill(gw2, accumulate): the chunk's products into the run's sum."""
             nonlocal gw2
-            first = gw2 is None
-            part = (np.empty(gw_shape, dtype=x.dtype) if first
-                    else workspace.get("gw", gw_shape, x.dtype))
-            fill(part)
-            if first:
-                gw2 = part
+            if gw2 is None:
+                gw2 = np.empty(gw_shape, dtype=x.dtype)
+                fill(gw2, False)
             else:
-                gw2 += part
+                fill(gw2, True)
 
         if row_bands:
             planes = _phase_buffers(x, kh, kw, stride, oh, ow)
@@ -631,7 +631,7 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
                     if need_w:
                         col = workspace.get("col", (ck, width), x.dtype)
                         im2col_rows(planes, kh, kw, ow, y0, y1, col)
-                        add_gw(lambda part: gemm.matmul(col, gyc.T, out=part))
+                        add_gw(lambda part, acc: gemm.matmul(col, gyc.T, part, acc))
             return gw2, gb
         for n0, g in chunks:
             gyc = workspace.get("gy", (o, g * p), x.dtype)
@@ -640,10 +640,11 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
             if wino or wino_w:
                 gy_images = gyc.reshape(o, g, p).transpose(1, 0, 2)     # (g, O, P) view
             if wino_w:
-                add_gw(lambda part: _winograd_weights_chunk(x3, n0, gy_images, h, wd, g, part))
+                add_gw(lambda part, acc: _winograd_weights_chunk(x3, n0, gy_images, h, wd, g,
+                                                                  part, acc))
             elif need_w:
                 col = columns(x, n0, g, kh, kw, stride, pad, oh, ow)
-                add_gw(lambda part: gemm.matmul(gyc, col.T, out=part))
+                add_gw(lambda part, acc: gemm.matmul(gyc, col.T, part, acc))
             if wino:
                 # F(4x4, 5x5)'s 8x8 tiles (4x the gradient's size) one image at a time, as
                 # in forward (inception 3b's 5x5 backward alone 1.21x); the 3x3 layers' did

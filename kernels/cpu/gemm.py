@@ -75,8 +75,8 @@ def _candidates():
 
 class _Mkl:
     """The addresses of the products used, ``cblas_?gemm`` and ``cblas_?gemm_batch_strided``
-    for float32 and float64 (``fns[dtype]``: (plain, batched, 1 in that dtype)); MKL set to
-    its sequential layer, one thread."""
+    for float32 and float64 (``fns[dtype]``: (plain, batched, 1 and 0 in that dtype)); MKL
+    set to its sequential layer, one thread."""
 
     def __init__(self, lib):
         lib.MKL_Set_Threading_Layer.argtypes = [ctypes.c_int]
@@ -88,7 +88,7 @@ class _Mkl:
             plain, batched = (ctypes.cast(getattr(lib, f"cblas_{letter}gemm{suffix}"),
                                           ctypes.c_void_p).value
                               for suffix in ("", "_batch_strided"))
-            self.fns[np.dtype(dtype)] = (plain, batched, dtype(1))
+            self.fns[np.dtype(dtype)] = (plain, batched, dtype(1), dtype(0))
 
 
 def _intel_cpu() -> bool:
@@ -163,30 +163,26 @@ def library() -> str:
 # right for MKL's 32-bit (LP64) interface and its 64-bit one (ILP64) alike on x86-64, where
 # each takes a whole register or stack slot and the callee reads its low half.
 @intrinsic
-def _call(typingctx, fn, args, one):
+def _call(typingctx, fn, args, alpha, beta):
     """The C function at address ``fn`` called with the tuple ``args`` of integers (addresses
-    included), with ``one`` (1.0, the data's float type) as alpha and 0 as beta inserted
-    where cblas_?gemm and cblas_?gemm_batch_strided take them: after the first six
-    integers (layout, transposes, M, N, K) and after B's (two for the plain product, B and
-    ldb; three for the batched one, with B's stride)."""
+    included), with ``alpha`` and ``beta`` (the data's float type) inserted where
+    cblas_?gemm and cblas_?gemm_batch_strided take them: after the first six integers
+    (layout, transposes, M, N, K) and after B's (two for the plain product, B and ldb;
+    three for the batched one, with B's stride)."""
     if not (isinstance(args, types.BaseTuple) and len(args) in (12, 16)
-            and all(isinstance(t, types.Integer) for t in args)):
+            and all(isinstance(t, types.Integer) for t in args) and alpha == beta
+            and isinstance(alpha, types.Float)):
         return None
     beta_at = 10 if len(args) == 12 else 13
 
     def codegen(context, builder, signature, call_args):
-        i64 = ir.IntType(64)
-        real = context.get_value_type(signature.args[2])
         ints = [context.cast(builder, builder.extract_value(call_args[1], j), t, types.int64)
                 for j, t in enumerate(signature.args[1])]
-        values = ints[:6] + [call_args[2]] + ints[6:beta_at] + [ir.Constant(real, 0.0)] + \
-            ints[beta_at:]
-        kinds = [v.type for v in values]
-        fnty = ir.FunctionType(ir.VoidType(), kinds)
+        values = ints[:6] + [call_args[2]] + ints[6:beta_at] + [call_args[3]] + ints[beta_at:]
+        fnty = ir.FunctionType(ir.VoidType(), [v.type for v in values])
         builder.call(builder.inttoptr(call_args[0], fnty.as_pointer()), values)
-        assert all(k == i64 or k == real for k in kinds)
         return context.get_dummy_value()
-    return types.void(fn, args, one), codegen
+    return types.void(fn, args, alpha, beta), codegen
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -225,14 +221,15 @@ def _signatures():
     for real in (types.float32, types.float64):
         for ndim in (2, 3):
             array = types.Array(real, ndim, "A", readonly=True)
-            sigs.append(types.boolean(types.int64, types.int64, real, array, array, array,
+            sigs.append(types.boolean(types.int64, types.int64, real, real, array, array, array,
                                       types.int64))
     return sigs
 
 
 @njit(_signatures(), cache=True, nogil=True)
-def _product(fn, batched, one, a, b, out, large_out):
-    """out = a @ b by MKL at ``fn`` (2-D) or ``batched`` (3-D stacks) when BLAS can take
+def _product(fn, batched, one, beta, a, b, out, large_out):
+    """out = a @ b + beta out by MKL at ``fn`` (2-D) or ``batched`` (3-D stacks) (``one``: 1
+    in the data's type; ``beta`` 0 or 1, out not read when 0) when BLAS can take
     the operands as they lie; False (nothing done) otherwise: an empty product, a result of
     more than ``large_out`` bytes, a layout BLAS has no name for, differing stack counts,
     out overlapping a or b."""
@@ -253,7 +250,7 @@ def _product(fn, batched, one, a, b, out, large_out):
             return False
     pa, pb, pc = a.ctypes.data, b.ctypes.data, out.ctypes.data
     if out.ndim == 2:
-        _call(fn, (_ROW_MAJOR, ta, tb, m, n, k, pa, lda, pb, ldb, pc, ldc), one)
+        _call(fn, (_ROW_MAJOR, ta, tb, m, n, k, pa, lda, pb, ldb, pc, ldc), one, beta)
         return True
     count = out.shape[0]
     sa, sb, sc = a.strides[0], b.strides[0], out.strides[0]
@@ -261,14 +258,15 @@ def _product(fn, batched, one, a, b, out, large_out):
             or sa < 0 or sb < 0 or sc < 0):
         return False
     _call(batched, (_ROW_MAJOR, ta, tb, m, n, k, pa, lda, sa // size, pb, ldb, sb // size,
-                    pc, ldc, sc // size, count), one)
+                    pc, ldc, sc // size, count), one, beta)
     return True
 
 
-def matmul(a, b, out):
+def matmul(a, b, out, accumulate=False):
     """out[...] = a @ b and return out: a (M, K), b (K, N), out (M, N), or stacks of them
-    (count, M, K) @ (count, K, N) -> (count, M, N); out is never read and may not overlap
-    a or b."""
+    (count, M, K) @ (count, K, N) -> (count, M, N); out may not overlap a or b and is not
+    read, unless ``accumulate``: then out += a @ b (in the product itself on MKL, beta = 1:
+    a running sum of products without a pass over the arrays to add each one)."""
     mkl = _mkl if _mkl is not None else _load()
     if not mkl and _choice == "mkl":
         _load()                             # the error saying why MKL is not there
@@ -278,6 +276,10 @@ def matmul(a, b, out):
                 and type(out) is np.ndarray and a.dtype == out.dtype and b.dtype == out.dtype
                 and a.ndim == b.ndim == out.ndim and out.ndim in (2, 3)
                 and out.flags.writeable
-                and _product(fns[0], fns[1], fns[2], a, b, out, LARGE_OUT)):
+                and _product(fns[0], fns[1], fns[2], fns[2 if accumulate else 3], a, b, out,
+                             LARGE_OUT)):
             return out
+    if accumulate:
+        out += np.matmul(a, b)
+        return out
     return np.matmul(a, b, out=out)
