@@ -58,8 +58,10 @@ def require_cuda():
 
 
 def is_cupy_array(a) -> bool:
-    # Checking the class name avoids importing CuPy just to learn an array is NumPy.
-    return type(a).__module__.startswith("cupy")
+    # Checking the class name avoids importing CuPy just to learn an array is NumPy (and a
+    # NumPy array, the usual case, is answered before the name is even looked up).
+    kind = type(a)
+    return kind is not np.ndarray and kind.__module__.startswith("cupy")
 
 
 def get_array_module(*arrays):
