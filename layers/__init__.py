@@ -11,7 +11,7 @@ Tensor; modules hold parameters and call them. Read ``conv.py`` and
 from . import caffe, dispatch
 from .activation import DropoutFunction, ReLUFunction, dropout, relu
 from .concat import ConcatFunction, concat
-from .conv import Conv2dFunction, StackedConv1x1Function, conv2d
+from .conv import Conv2dFunction, ConvReluMaxPoolFunction, StackedConv1x1Function, conv2d
 from .im2col import col2im, im2col
 from .linear import LinearFunction, linear
 from .loss import (LogSoftmax, Softmax, SoftmaxCrossEntropy, log_softmax, softmax,
@@ -40,5 +40,5 @@ __all__ = [
     "scaled_tanh", "BatchNorm2d", "TableConv2d", "GlobalAvgPool2d", "Subsample2d", "Tanh",
     "BatchNormFunction", "TableConv2dFunction", "GlobalAvgPool2dFunction",
     "GroupedConv2dFunction", "AddReLUFunction", "SubsampleFunction", "TanhFunction",
-    "StackedConv1x1Function", "stacked_conv1x1",
+    "StackedConv1x1Function", "stacked_conv1x1", "ConvReluMaxPoolFunction",
 ]

@@ -32,6 +32,7 @@ from ._check import check_float, check_rank
 from .concat import ConcatFunction
 from .dispatch import KernelFunction
 from .im2col import col2im, conv_out_size, im2col
+from .pooling import MaxPool2dFunction
 
 
 class Conv2dFunction(KernelFunction):
@@ -224,6 +225,70 @@ class StackedConv1x1Function(Function):
             grads.append(None if gb is None else gb[start:start + size])
             start += size
         return tuple(grads)
+
+
+class ConvReluMaxPoolFunction(KernelFunction):
+    """``max_pool2d(relu(conv2d(x, w, b, stride, pad)), pool_k, pool_s, pool_pad, ceil_mode)``
+    as one op: x (N, C, H, W), w (O, C, kh, kw), b (O,) -> y (N, O, PH, PW).
+
+    Its plain path is the two ops one after the other, each on the path ``layers.dispatch``
+    gives it. On NumPy arrays the CPU kernel (:func:`kernels.cpu.conv.conv2d_max_pool`)
+    takes GoogLeNet's conv1 + pool1 kind: a 3x3/2 pool in Caffe's ceil mode over an output
+    with even sides that is large enough to run in bands, a bias, and no input gradient.
+    It pools each band of the convolution's output while the band is in cache, so that the
+    output (26 MB at batch 8 for conv1) is never written out and read back; its backward
+    makes each band's masked gradient straight from the pooled one (the pool's winners and
+    the pooled values' signs), never the dense gradient of the convolution's output."""
+
+    op = "conv2d_relu_max_pool"
+    fresh_grads = True
+
+    def __init__(self, stride: int = 1, pad: int = 0, pool_k: int = 3, pool_s: int = 2,
+                 pool_pad: int = 0, ceil_mode: bool = True, impl: str | None = None):
+        self.stride, self.pad, self.impl = int(stride), int(pad), impl
+        self.pool_args = (int(pool_k), int(pool_s), int(pool_pad), bool(ceil_mode))
+
+    def settings(self) -> str:
+        k, s, p, ceil = self.pool_args
+        return f"stride {self.stride}, pad {self.pad}; pool {k}x{k}/{s}, pad {p}, ceil {ceil}"
+
+    def setup(self, x, w, b):
+        Conv2dFunction(self.stride, self.pad).setup(x, w, b)
+
+    def cpu_supports(self, x, w, b) -> bool:
+        return (b is not None and not self.needs_grad[0] and self.pool_args == (3, 2, 0, True)
+                and cpu_kernels("conv").pool_bands(x.shape, w.shape, self.stride, self.pad)
+                is not None)
+
+    def macs(self, xs, ys) -> int:
+        n, _, h, wd = xs[0].shape
+        o, c, kh, kw = xs[1].shape
+        oh, ow = (conv_out_size(h, kh, self.stride, self.pad),
+                  conv_out_size(wd, kw, self.stride, self.pad))
+        return n * o * oh * ow * c * kh * kw
+
+    # ------------------------------------------------ plain: the two ops
+    def forward_plain(self, x, w, b):
+        self.conv = Conv2dFunction(self.stride, self.pad, relu=True, impl=self.impl)
+        self.conv.needs_grad = self.needs_grad
+        self.pool = MaxPool2dFunction(*self.pool_args)
+        self.pool.needs_grad = (any(self.needs_grad),)
+        return self.pool.forward(self.conv.forward(x, w, b))
+
+    def backward_plain(self, gy):
+        return self.conv.backward(self.pool.backward(gy))
+
+    # ------------------------------------------------ cpu: kernels.cpu.conv
+    def forward_cpu(self, x, w, b):
+        y, self.winner = cpu_kernels("conv").conv2d_max_pool(x, w, b, self.stride, self.pad)
+        self.x, self.w, self.y = x, w, y
+        return y
+
+    def backward_cpu(self, gy):
+        gw, gb = cpu_kernels("conv").conv2d_max_pool_backward(
+            gy, self.y, self.winner, self.x, self.w, self.stride, self.pad, self.needs_grad[1],
+            self.needs_grad[2])
+        return None, gw, gb
 
 
 def conv2d(x, w, b=None, stride: int = 1, pad: int = 0, relu: bool = False,

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine import profile as _profile
 from engine.backend import random_generator
 from engine.module import Module, Parameter
 
 from . import caffe
 from .activation import dropout, relu
 from .concat import concat
-from .conv import StackedConv1x1Function, conv2d
+from .conv import ConvReluMaxPoolFunction, StackedConv1x1Function, conv2d
 from .linear import linear
 from .lrn import lrn
 from .pooling import avg_pool2d, max_pool2d
@@ -44,9 +45,20 @@ class Conv2d(Module):
                                lr_mult=bias_lr_mult, decay_mult=bias_decay_mult)
                      if bias else None)
 
-    def forward(self, x):
-        return conv2d(x, self.weight, self.bias, self.stride, self.pad, relu=self.relu,
-                      groups=self.groups)
+    def forward(self, x, pool: "MaxPool2d | None" = None):
+        """The convolution of x; ``pool(conv(x))`` with a :class:`MaxPool2d` ``pool``, as one
+        op where this is a ReLU convolution with a bias
+        (:class:`layers.conv.ConvReluMaxPoolFunction`: on the CPU kernels the output is
+        pooled band by band, never stored), except while an :class:`engine.Profiler` times
+        each op: its table then keeps a row for each layer."""
+        if (pool is not None and self.relu and self.bias is not None and self.groups == 1
+                and _profile.active() is None):
+            f = ConvReluMaxPoolFunction(self.stride, self.pad, pool.ksize, pool.stride,
+                                        pool.pad, pool.ceil_mode)
+            return f(x, self.weight, self.bias)
+        y = conv2d(x, self.weight, self.bias, self.stride, self.pad, relu=self.relu,
+                   groups=self.groups)
+        return y if pool is None else pool(y)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, k={self.ksize}, s={self.stride}, "

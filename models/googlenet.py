@@ -185,9 +185,13 @@ class GoogLeNet(Module):
             raise TypeError(f"GoogLeNet: input dtype {x.dtype} != model dtype {self.dtype}")
         aux = []
         for name, layer in self.main_path():
+            if name == "pool1":
+                continue                        # pooled by conv1
             if name == "drop":
                 x = x.flatten()                 # (N, 1024, 1, 1) -> (N, 1024), C-major
-            x = layer(x)
+            # conv1 and pool1 as one op (layers.conv.ConvReluMaxPoolFunction): on the CPU
+            # kernels conv1's output is pooled band by band, never stored
+            x = layer(x, pool=self.pool1) if name == "conv1" else layer(x)
             if self.training and self.aux_logits and name in AUX_AFTER:
                 aux.append(getattr(self, AUX_AFTER[name])(x))
         return (x, *aux) if aux else x

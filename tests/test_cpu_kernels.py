@@ -1483,3 +1483,101 @@ def test_tiled_product_says_what_it_cannot_take():
     empty = np.full((4, 5), np.nan, np.float32)
     tiled.matmul(np.ones((4, 0), np.float32), np.ones((0, 5), np.float32), empty)
     assert np.all(empty == 0)
+
+
+# ------------------------------------------------------------------ conv + ReLU + max pool
+def _conv_pool(x, w, b, needs_x, fused, stride=2, pad=3):
+    """(y, gx, gw, gb) of ConvReluMaxPoolFunction on its CPU kernel (``fused``) or as the
+    two ops on theirs."""
+    f = L.ConvReluMaxPoolFunction(stride, pad, 3, 2, 0, True)
+    if not fused:
+        f.cpu_supports = lambda *a: False
+    xt = Tensor(x, requires_grad=needs_x)
+    wt, bt = Tensor(w, requires_grad=True), Tensor(b, requires_grad=True)
+    y = f(xt, wt, bt)
+    path = f.path
+    y.backward(np.random.default_rng(3).standard_normal(y.shape).astype(y.dtype))
+    return path, (y.data, xt.grad, wt.grad, bt.grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("band_columns", [40, 64, 2048])
+@pytest.mark.parametrize("side, kernel, stride, pad", [(40, 7, 2, 3), (26, 3, 1, 1), (90, 5, 1, 2)])
+def test_conv_relu_max_pool_kernel_matches_the_two_ops(monkeypatch, dtype, band_columns, side,
+                                                      kernel, stride, pad):
+    """The fused kernel (each band of the convolution's output pooled in cache, the pooled
+    gradient turned straight into the band's masked gradient) against the convolution and
+    the pool on their own kernels: bands of 2, 4 and many rows with the rows carried between
+    them, the last band short, ties (integer inputs) and windows whose maximum the ReLU
+    zeroed (negative biases)."""
+    from kernels.cpu import conv as K
+    monkeypatch.setattr(K, "BAND_COLUMNS", band_columns)
+    rng = np.random.default_rng(side + band_columns)
+    exact = stride == 2          # both sides by im2col + GEMM (stride 1 apart: Winograd)
+    if exact:                    # ties, which both must break alike
+        x = rng.integers(-2, 3, (2, 3, side, side)).astype(dtype)
+        w = rng.integers(-1, 2, (6, 3, kernel, kernel)).astype(dtype)
+    else:
+        x = rng.standard_normal((2, 3, side, side)).astype(dtype)
+        w = rng.standard_normal((6, 3, kernel, kernel)).astype(dtype)
+    b = np.array([-3, -1, 0, 0.5, 1, 4], dtype)
+    out = (side + 2 * pad - kernel) // stride + 1
+    # banded (more than two bands' worth of pixels), even sides, bands of 2 rows or more
+    assert (K.pool_bands(x.shape, w.shape, stride, pad) is not None) == (
+        out * out > 2 * band_columns and out % 2 == 0 and band_columns // out >= 2)
+    if K.pool_bands(x.shape, w.shape, stride, pad) is None:
+        pytest.skip("the kernel does not take this geometry")
+    calls = []
+    monkeypatch.setattr(K, "conv2d_max_pool", lambda *a, f=K.conv2d_max_pool:
+                        calls.append(a[0].shape) or f(*a))
+    path, fused = _conv_pool(x, w, b, False, True, stride, pad)
+    assert path == "cpu" and calls
+    path, apart = _conv_pool(x, w, b, False, False, stride, pad)
+    assert path == "plain" and fused[1] is None and apart[1] is None
+    if exact:
+        np.testing.assert_array_equal(fused[0], apart[0])   # same maxima, same winners
+    for u, v in zip(fused[:1] + fused[2:], apart[:1] + apart[2:]):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        tol = TOL[dtype] if exact else WINOGRAD_TOL[dtype]
+        np.testing.assert_allclose(u, v, rtol=tol, atol=tol * np.abs(v).max())
+    with kernels(False):                                     # the plain path of both ops
+        _, plain = _conv_pool(x, w, b, False, False, stride, pad)
+    assert_close([fused[0]] + list(fused[2:]), [plain[0]] + list(plain[2:]), dtype)
+
+
+def test_conv_relu_max_pool_with_an_input_gradient_runs_as_the_two_ops():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 140, 140)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 7, 7)).astype(np.float32) * 0.1
+    b = np.zeros(8, np.float32)
+    path, (y, gx, gw, gb) = _conv_pool(x, w, b, True, True)
+    assert path == "plain" and gx.shape == x.shape
+    with kernels(False):
+        _, plain = _conv_pool(x, w, b, True, True)
+    assert_close([y, gx, gw, gb], list(plain), np.float32)
+
+
+def test_googlenet_pools_conv1_in_its_bands(monkeypatch):
+    """GoogLeNet's conv1 + pool1 run as one op on the CPU kernels, and the network's loss
+    and gradients are those of the two ops apart."""
+    from kernels.cpu import conv as K
+    from models.googlenet import GoogLeNet, training_loss
+    net = GoogLeNet(num_classes=10, seed=0, dropout=0.0, aux_dropout=0.0)
+    x = np.random.default_rng(6).standard_normal((2, 3, 136, 136)).astype(np.float32)
+    assert K.pool_bands(x.shape, net.conv1.weight.shape, 2, 3) is not None
+    calls = []
+    monkeypatch.setattr(K, "conv2d_max_pool", lambda *a, f=K.conv2d_max_pool:
+                        calls.append(a[0].shape) or f(*a))
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(L.ConvReluMaxPoolFunction, "cpu_supports",
+                                lambda self, *a: False)
+        for p in net.parameters():
+            p.grad = None
+        loss, _ = training_loss(net(Tensor(x)), np.array([1, 7]))
+        loss.backward()
+        results.append([loss.data] + [p.grad for p in net.parameters()])
+    assert calls == [x.shape]                                # conv1, once, fused
+    for u, v in zip(*results):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(v).max()))

@@ -36,6 +36,7 @@ from engine import backend
 from engine import ops
 from engine.tensor import Function, Tensor
 from layers import caffe
+from layers.im2col import conv_out_size
 
 OPSET = 17
 CONVERTERS: dict = {}
@@ -187,6 +188,17 @@ def _max_pool(g, f, x):
         raise ExportError(f"max_pool2d {f.k}x{f.k}/{f.s} pad {f.pad} on {sizes}: no ONNX "
                           f"padding gives Caffe's output size {wants}")
     return g.node("MaxPool", [x], pads=[f.pad, f.pad] + ends, ceil_mode=0, **common)
+
+
+@converts(L.ConvReluMaxPoolFunction)
+def _conv_relu_max_pool(g, f, x, w, b):
+    """Conv, Relu and MaxPool, as the two ops would have been recorded alone."""
+    y = _conv(g, L.Conv2dFunction(f.stride, f.pad, relu=True), x, w, b)
+    n, _, h, wd = g.shapes[x]
+    o, _, kh, kw = g.shapes[w]
+    g.shapes[y] = (n, o, conv_out_size(h, kh, f.stride, f.pad),
+                   conv_out_size(wd, kw, f.stride, f.pad))
+    return _max_pool(g, L.MaxPool2dFunction(*f.pool_args), y)
 
 
 @converts(L.AvgPool2dFunction)

@@ -181,7 +181,8 @@ net.train()
 outputs = net(image)
 graph = build_graph(*outputs, names=net, params=False)
 ops = [n.op for n in graph.nodes if n.kind == "function"]
-convs = ops.count("Conv2dFunction") + 3 * ops.count("StackedConv1x1Function")
+convs = (ops.count("Conv2dFunction") + ops.count("ConvReluMaxPoolFunction")
+         + 3 * ops.count("StackedConv1x1Function"))
 print(f"\nthe training graph: {len(ops)} ops, {convs} convolutions ({ops.count('StackedConv1x1Function')}"
       f" x 3 of them stacked), {ops.count('ConcatFunction')} concats, {len(outputs)} outputs")
 assert convs == 59 and ops.count("StackedConv1x1Function") == 9 and ops.count("ConcatFunction") == 9

@@ -8,7 +8,8 @@ call (``conv.conv2d``, ``pool.max_pool2d``, ``lrn.lrn`` and their ``*_backward``
 the batch out over the threads. Modules:
 
 * ``conv``      -- the convolution chunk by chunk: im2col / col2im over a chunk of images,
-  epilogue and prologue of the GEMMs;
+  epilogue and prologue of the GEMMs; conv1's kind band by band, with its 3x3/2 max pool
+  on each band while it is in cache (``conv2d_max_pool``);
 * ``winograd``  -- Winograd F(2x2, 3x3), F(4x4, 3x3) and F(4x4, 5x5) transforms, for the 3x3
   and 5x5 convolutions where faster;
 * ``pool``      -- max pooling (maximum and winning tap; GoogLeNet's 3x3/1 and 3x3/2 pools
@@ -20,7 +21,8 @@ the batch out over the threads. Modules:
 * ``arrays``    -- whole-array NumPy work the main thread would otherwise do alone (gradient
   sums and copies, concatenation, the linear layers' GEMMs), in slices on the pool;
 * ``gemm``      -- the matrix products: MKL's sequential SGEMM where the ``mkl`` package is
-  installed (``GOOGLENET_BLAS``), NumPy's BLAS otherwise, one thread per product;
+  installed (``GOOGLENET_BLAS``; called from compiled code), NumPy's BLAS otherwise, one
+  thread per product;
 * ``parallel``  -- the thread pool: whole images per thread, OpenBLAS on one thread;
 * ``memory``    -- keeps freed memory in the process (glibc's mmap threshold), so large
   arrays reuse pages from step to step;

@@ -1,4 +1,6 @@
-"""The convolution on the CPU, chunk by chunk: :func:`conv2d` and :func:`conv2d_backward`.
+"""The convolution on the CPU, chunk by chunk: :func:`conv2d` and :func:`conv2d_backward`;
+and a convolution with its ReLU and a 3x3/2 max pool as one op, band by band:
+:func:`conv2d_max_pool` and :func:`conv2d_max_pool_backward` (GoogLeNet's conv1 + pool1).
 
 A convolution (``layers.conv`` has the maths) runs ``g`` images at a time, so that one GEMM
 has at least ``COLUMNS_PER_GEMM`` columns (1x1 on maps of 16x16 and up: one image,
@@ -41,7 +43,7 @@ import functools
 import numpy as np
 from numba import njit
 
-from . import arrays, gemm, parallel, winograd, workspace
+from . import arrays, gemm, parallel, pool, winograd, workspace
 from .loops import add, add_strided, copy, copy_strided, u64, zero
 
 # Images per GEMM so that it has at least this many columns (output pixels). Larger GEMMs run
@@ -680,6 +682,109 @@ def conv2d_backward(gy, x, w, y, stride, pad, relu, need_x, need_w, need_b):
         else:
             parallel.over_threads(share)
     return gx, gw, gb
+
+
+# ------------------------------------------------------------------ convolution, ReLU, max pool
+def pool_bands(x_shape, w_shape, stride, pad):
+    """The bands of output rows (even numbers of rows) that :func:`conv2d_max_pool` takes
+    the convolution in, or None when it does not take this one: it takes a convolution
+    large enough to run in bands (conv1's kind) whose output has even sides, for a 3x3/2
+    max pool in Caffe's ceil mode (which halves them)."""
+    oh = _out_size(x_shape[2], w_shape[2], stride, pad)
+    ow = _out_size(x_shape[3], w_shape[3], stride, pad)
+    found = bands(oh, ow)
+    if found is None or oh % 2 or ow % 2:
+        return None
+    rows = found[0][1] - found[0][0]
+    rows -= rows % 2
+    return [(y0, min(oh, y0 + rows)) for y0 in range(0, oh, rows)] if rows else None
+
+
+def conv2d_max_pool(x, w, b, stride, pad):
+    """(y, winner) (N, O, OH/2, OW/2) = max_pool_3x3/2(relu(conv(x, w) + b)) and the pool's
+    winning taps, for a convolution :func:`pool_bands` takes. Band by band as
+    :func:`conv2d` runs it (the same products), each band pooled while it is in cache
+    (:func:`pool.max_pool_3x3_half_band`): the convolution's output is never written out,
+    nor read back by the pool. A band's last two rows are kept for the next band's first
+    window, which reaches back into them."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
+    ck = c * kh * kw
+    row_bands = pool_bands(x.shape, w.shape, stride, pad)
+    w2 = np.ascontiguousarray(w.reshape(o, ck))
+    y = np.empty((n, o, oh // 2, ow // 2), dtype=x.dtype)
+    winner = np.empty(y.shape, dtype=np.uint8)
+    rows = row_bands[0][1] - row_bands[0][0]
+
+    def body(chunks):
+        planes = _phase_buffers(x, kh, kw, stride, oh, ow)
+        band = np.empty((o, (rows + 2) * ow), dtype=x.dtype)   # two rows kept, then the band
+        for n0, _ in chunks:
+            phase_planes(x, n0, pad, planes)
+            for y0, y1 in row_bands:
+                width = (y1 - y0) * ow
+                col = workspace.get("col", (ck, width), x.dtype)
+                im2col_rows(planes, kh, kw, ow, y0, y1, col)
+                gemm.matmul(w2, col, out=band[:, 2 * ow:2 * ow + width])
+                bias_relu(band, b, True, True, 2 * ow, 2 * ow + width)
+                last = y1 == oh
+                r0 = 0 if y0 == 0 else y0 // 2 - 1       # the first window this band ends
+                count = y1 // 2 - 1 + last - r0
+                pool.max_pool_3x3_half_band(band, ow, 2 if y0 == 0 else 0, count, last,
+                                            y[n0], winner[n0], r0)
+                band[:, :2 * ow] = band[:, width:width + 2 * ow]
+    parallel.run(body, parallel.chunks(n, 1), blas=True, groups=parallel.runs(n), images=True)
+    return y, winner
+
+
+def conv2d_max_pool_backward(gy, y, winner, x, w, stride, pad, need_w, need_b):
+    """(gW, gb) of :func:`conv2d_max_pool` (None where not needed; no input gradient) from
+    gy (N, O, OH/2, OW/2) and the forward's y and winners: band by band, the pool's
+    backward and the ReLU's mask as the band's masked output gradient
+    (:func:`pool.max_pool_3x3_half_band_backward`), then gW^T += col @ gY^T as
+    :func:`conv2d_backward` does on conv1's bands (the same products and sums)."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = _out_size(h, kh, stride, pad), _out_size(wd, kw, stride, pad)
+    ck = c * kh * kw
+    row_bands = pool_bands(x.shape, w.shape, stride, pad)
+    if not gy.flags.c_contiguous:
+        parallel.sync()                # the copy reads gy here
+        gy = np.ascontiguousarray(gy)
+
+    def body(chunks):
+        gw2 = None
+        gb = np.zeros(o, dtype=np.float64) if need_b else None
+        planes = _phase_buffers(x, kh, kw, stride, oh, ow) if need_w else None
+        for n0, _ in chunks:
+            if need_w:
+                phase_planes(x, n0, pad, planes)
+            for y0, y1 in row_bands:
+                width = (y1 - y0) * ow
+                gyc = workspace.get("gy", (o, width), x.dtype)
+                pool.max_pool_3x3_half_band_backward(gy[n0], y[n0], winner[n0], y0, y1, ow,
+                                                     gyc, gb if need_b else _NO_SUMS, need_b)
+                if need_w:
+                    col = workspace.get("col", (ck, width), x.dtype)
+                    im2col_rows(planes, kh, kw, ow, y0, y1, col)
+                    if gw2 is None:
+                        gw2 = gemm.matmul(col, gyc.T, np.empty((ck, o), dtype=x.dtype))
+                    else:
+                        gemm.matmul(col, gyc.T, gw2, accumulate=True)
+        return gw2, gb
+
+    parts = parallel.run(body, parallel.chunks(n, 1), blas=True, groups=parallel.runs(n),
+                         images=True)
+    gw = np.empty(w.shape, dtype=x.dtype) if need_w else None
+    gb = np.empty(o, dtype=x.dtype) if need_b else None
+    if need_w or need_b:
+        share = _sum_runs(parts, gw, gb, False, True)
+        if parallel.is_queued(parts):
+            parallel.after_queue(share, shared=True)
+        else:
+            parallel.over_threads(share)
+    return gw, gb
 
 
 def _sum_runs(parts, gw, gb, wino_w, row_bands):

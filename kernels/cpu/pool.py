@@ -366,6 +366,87 @@ def max_pool_3x3_half(x, y, winner, track):
                     wf[o0 + xx] = t
 
 
+# ------------------------------------------------------------------ a band of a map at a time
+# For a convolution that pools its own output (``kernels.cpu.conv.conv2d_max_pool``): the
+# 3x3/2 pool of :func:`max_pool_3x3_half` (same taps, same winners) over a band of rows of
+# the convolution's output while it is in cache, and its backward as the convolution's
+# masked output gradient of a band, ready for the weight gradient's product.
+@njit(cache=True, nogil=True, error_model="numpy")
+def max_pool_3x3_half_band(src, width, first, count, two_last, y, winner, r0):
+    """Pooled rows r0 .. r0+count-1 of every plane o, 3x3 windows, stride 2: row r0 + k from
+    rows first + 2k .. first + 2k + 2 of src (O, rows * width), only the first two for the
+    last one when ``two_last`` (the map's end in Caffe's ceil mode); even ``width``, the last
+    column's windows two taps wide. y, winner (O, OH, width / 2); taps in order t = 3 i + j,
+    the first maximum wins (strict >)."""
+    o_ = src.shape[0]
+    ow = width // 2
+    OW = u64(ow)
+    rows = 2 * count + (0 if two_last else 1)
+    hb = np.empty(rows * ow, dtype=src.dtype)
+    ha = np.empty(rows * ow, dtype=np.uint8)
+    for o in range(o_):
+        s = src[o]
+        for rr in range(rows):                       # along rows: max of 3 (2 at the end)
+            base = u64((first + rr) * width)
+            hq = u64(rr * ow)
+            for q in range(OW - u64(1)):
+                s0 = base + u64(2) * q
+                v, t = s[s0], np.uint8(0)
+                v, t = _keep(v, t, s[s0 + u64(1)], np.uint8(1))
+                v, t = _keep(v, t, s[s0 + u64(2)], np.uint8(2))
+                hb[hq + q] = v
+                ha[hq + q] = t
+            q = OW - u64(1)
+            s0 = base + u64(2) * q
+            v, t = _keep(s[s0], np.uint8(0), s[s0 + u64(1)], np.uint8(1))
+            hb[hq + q] = v
+            ha[hq + q] = t
+        yo, wo = y[o], winner[o]
+        for k in range(count):                       # down columns
+            r = u64(2 * k) * OW
+            yr, wr = yo[r0 + k], wo[r0 + k]
+            three = not (two_last and k == count - 1)
+            for xx in range(OW):
+                v, t = hb[r + xx], ha[r + xx]
+                v, t = _keep(v, t, hb[r + OW + xx], ha[r + OW + xx] + np.uint8(3))
+                if three:
+                    v, t = _keep(v, t, hb[r + u64(2) * OW + xx],
+                                 ha[r + u64(2) * OW + xx] + np.uint8(6))
+                yr[xx] = v
+                wr[xx] = t
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def max_pool_3x3_half_band_backward(gy, y, winner, y0, y1, width, out, gb, sum_rows):
+    """out (O, (y1 - y0) * width) = the gradient reaching rows y0 .. y1-1 of the pooled map
+    from gy (O, OH, OW) through the winners, where the pooled value y > 0 (a ReLU before the
+    pool: its winner is then > 0 too): the adjoint of :func:`max_pool_3x3_half_band`, sent
+    window by window in raster order (the order, and so the sums, of :func:`max_pool_backward`
+    followed by the ReLU's mask). With ``sum_rows``, gb[o] (float64) gets the sum of out's
+    row o (the bias gradient), as :func:`kernels.cpu.conv.prologue` sums it."""
+    o_, oh, ow = gy.shape
+    n = (y1 - y0) * width
+    r_lo = max(0, (y0 - 1) // 2)                     # windows reaching row y0 ...
+    r_hi = min(oh, (y1 - 1) // 2 + 1)                # ... and row y1 - 1
+    for o in range(o_):
+        row = out[o]
+        for q in range(u64(n)):
+            row[q] = 0
+        go, yo, wo = gy[o], y[o], winner[o]
+        for r in range(r_lo, r_hi):
+            for xx in range(ow):
+                if yo[r, xx] > 0:
+                    t = np.int64(wo[r, xx])
+                    yy = 2 * r + t // 3
+                    if y0 <= yy < y1:
+                        row[(yy - y0) * width + 2 * xx + t % 3] += go[r, xx]
+        if sum_rows:
+            total = 0.0
+            for q in range(u64(n)):
+                total += row[q]
+            gb[o] += total
+
+
 # By ``_flat_kind``: (forward, backward); 3x3/2 goes backward by the scatter.
 FLAT_KERNELS = {"same": (max_pool_3x3_same, max_pool_3x3_same_backward),
                 "half": (max_pool_3x3_half, None)}
