@@ -175,6 +175,8 @@ assert abs(total.item() - (parts[0] + AUX_LOSS_WEIGHT * (parts[1] + parts[2]))) 
 # that each Inception module's four branches sit side by side between its input and its
 # concat. The three 1x1 convolutions that read a module's input run as one op (one GEMM
 # with their weights stacked, layers.stacked_conv1x1): one box, which three branches leave.
+# conv1, its ReLU and pool1 are one op too (layers.conv.ConvReluMaxPoolFunction: on the CPU
+# kernels conv1's output is pooled band by band, never stored), so one box.
 # Nothing in the picture is typed in by hand: change models/googlenet.py and the picture
 # follows.
 net.train()
