@@ -238,7 +238,9 @@ class ConvReluMaxPoolFunction(KernelFunction):
     It pools each band of the convolution's output while the band is in cache, so that the
     output (26 MB at batch 8 for conv1) is never written out and read back; its backward
     makes each band's masked gradient straight from the pooled one (the pool's winners and
-    the pooled values' signs), never the dense gradient of the convolution's output."""
+    the pooled values' signs), never the dense gradient of the convolution's output.
+    ``impl``: None as ``layers.dispatch`` chooses, "plain" for both ops' plain paths, "cpu"
+    for the fused kernel (an error where it cannot run the call)."""
 
     op = "conv2d_relu_max_pool"
     fresh_grads = True
@@ -252,10 +254,10 @@ class ConvReluMaxPoolFunction(KernelFunction):
         k, s, p, ceil = self.pool_args
         return f"stride {self.stride}, pad {self.pad}; pool {k}x{k}/{s}, pad {p}, ceil {ceil}"
 
-    def setup(self, x, w, b):
+    def setup(self, x, w, b=None):
         Conv2dFunction(self.stride, self.pad).setup(x, w, b)
 
-    def cpu_supports(self, x, w, b) -> bool:
+    def cpu_supports(self, x, w, b=None) -> bool:
         return (b is not None and not self.needs_grad[0] and self.pool_args == (3, 2, 0, True)
                 and cpu_kernels("conv").pool_bands(x.shape, w.shape, self.stride, self.pad)
                 is not None)
@@ -268,10 +270,11 @@ class ConvReluMaxPoolFunction(KernelFunction):
         return n * o * oh * ow * c * kh * kw
 
     # ------------------------------------------------ plain: the two ops
-    def forward_plain(self, x, w, b):
-        self.conv = Conv2dFunction(self.stride, self.pad, relu=True, impl=self.impl)
+    def forward_plain(self, x, w, b=None):
+        impl = "plain" if self.impl == "plain" else None
+        self.conv = Conv2dFunction(self.stride, self.pad, relu=True, impl=impl)
         self.conv.needs_grad = self.needs_grad
-        self.pool = MaxPool2dFunction(*self.pool_args)
+        self.pool = MaxPool2dFunction(*self.pool_args, impl=impl)
         self.pool.needs_grad = (any(self.needs_grad),)
         return self.pool.forward(self.conv.forward(x, w, b))
 
@@ -279,7 +282,7 @@ class ConvReluMaxPoolFunction(KernelFunction):
         return self.conv.backward(self.pool.backward(gy))
 
     # ------------------------------------------------ cpu: kernels.cpu.conv
-    def forward_cpu(self, x, w, b):
+    def forward_cpu(self, x, w, b):       # cpu_supports: only with a bias
         y, self.winner = cpu_kernels("conv").conv2d_max_pool(x, w, b, self.stride, self.pad)
         self.x, self.w, self.y = x, w, y
         return y

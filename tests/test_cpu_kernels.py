@@ -1581,3 +1581,25 @@ def test_googlenet_pools_conv1_in_its_bands(monkeypatch):
     assert calls == [x.shape]                                # conv1, once, fused
     for u, v in zip(*results):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(v).max()))
+
+
+def test_conv_relu_max_pool_without_a_bias_and_on_request():
+    """No bias: the two ops (the kernel needs one); impl="plain" both ops' plain paths;
+    impl="cpu" where the kernel cannot run: a one-line error naming the op."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 140, 140)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 7, 7)).astype(np.float32) * 0.1
+    wt = Tensor(w, requires_grad=True)
+    f = L.ConvReluMaxPoolFunction(2, 3)
+    y = f(Tensor(x), wt)
+    assert f.path == "plain" and y.shape == (2, 8, 35, 35)
+    y.backward(np.ones(y.shape, np.float32))
+    with kernels(False):
+        want = L.max_pool2d(L.conv2d(Tensor(x), Tensor(w), None, 2, 3, relu=True), 3, 2)
+    np.testing.assert_allclose(y.data, want.data, rtol=1e-5, atol=1e-5)
+    assert wt.grad.shape == w.shape
+    with pytest.raises(ValueError, match="conv2d_relu_max_pool: impl='cpu' asked for"):
+        L.ConvReluMaxPoolFunction(2, 3, impl="cpu")(Tensor(x), wt)
+    plain = L.ConvReluMaxPoolFunction(2, 3, impl="plain")
+    plain(Tensor(x), wt, Tensor(np.zeros(8, np.float32)))
+    assert plain.conv.path == "plain" and plain.pool.path == "plain"
