@@ -1603,3 +1603,29 @@ def test_conv_relu_max_pool_without_a_bias_and_on_request():
     plain = L.ConvReluMaxPoolFunction(2, 3, impl="plain")
     plain(Tensor(x), wt, Tensor(np.zeros(8, np.float32)))
     assert plain.conv.path == "plain" and plain.pool.path == "plain"
+
+
+def test_gemm_first_products_on_two_threads_at_once():
+    """MKL is loaded, and the compiled call made ready, once, whichever of the pool's threads
+    asks first: a fresh process whose first two products start together."""
+    code = """
+import threading, numpy as np
+from kernels.cpu import gemm
+a = np.ones((64, 147), np.float32); b = np.ones((147, 16), np.float32)
+go, errors = threading.Barrier(4), []
+def product():
+    go.wait()
+    try:
+        out = gemm.matmul(a, b, np.empty((64, 16), np.float32))
+        assert (out == 147).all()
+    except BaseException as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=product) for _ in range(4)]
+[t.start() for t in threads]; [t.join() for t in threads]
+assert not errors, errors
+print(gemm.library())
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(ROOT))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() in ("mkl", "numpy")

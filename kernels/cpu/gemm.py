@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -51,6 +52,7 @@ if _choice not in CHOICES:
     raise ValueError(f"GOOGLENET_BLAS must be one of {', '.join(CHOICES)}, not {_choice!r}")
 _mkl = None          # the loaded library's functions, or False once loading failed
 _load_error = ""
+_load_lock = threading.Lock()
 LARGE_OUT = 16 << 20
 
 
@@ -89,6 +91,7 @@ class _Mkl:
                                           ctypes.c_void_p).value
                               for suffix in ("", "_batch_strided"))
             self.fns[np.dtype(dtype)] = (plain, batched, dtype(1), dtype(0))
+        _compile_product()
 
 
 def _intel_cpu() -> bool:
@@ -122,7 +125,9 @@ def _load():
     """MKL's bindings, or False; an error when GOOGLENET_BLAS=mkl and MKL is not there."""
     global _mkl
     if _mkl is None:
-        _mkl = _open()
+        with _load_lock:                    # the pool's threads may ask at once
+            if _mkl is None:
+                _mkl = _open()
     if not _mkl and _choice == "mkl":
         raise RuntimeError(f"GOOGLENET_BLAS=mkl, but MKL could not be loaded: {_load_error}")
     return _mkl
@@ -214,9 +219,10 @@ def _bounds(x):
 
 
 def _signatures():
-    """One compiled version per dtype and rank: any layout converts to a read-only 'A' array
-    (the function reads only their shapes, strides and addresses) at 0.3 microseconds a call,
-    where a version for each combination of layouts met in a step meant 15 compilations."""
+    """One compiled version per dtype and rank (compiled when MKL is loaded): any layout
+    converts to a read-only 'A' array (the function reads only their shapes, strides and
+    addresses) at 0.3 microseconds a call, where a version for each combination of layouts
+    met in a step meant 15 compilations."""
     sigs = []
     for real in (types.float32, types.float64):
         for ndim in (2, 3):
@@ -226,7 +232,22 @@ def _signatures():
     return sigs
 
 
-@njit(_signatures(), cache=True, nogil=True)
+_compiled = False
+
+
+def _compile_product() -> None:
+    """Compile :func:`_product`'s versions (:func:`_signatures`; loaded from Numba's cache
+    after the first time) once, when MKL is loaded rather than at import: only a process
+    that uses MKL needs them. Every other layout then converts to these."""
+    global _compiled
+    if not _compiled:
+        for signature in _signatures():
+            _product.compile(signature)
+        _product.disable_compile()
+        _compiled = True
+
+
+@njit(cache=True, nogil=True)
 def _product(fn, batched, one, beta, a, b, out, large_out):
     """out = a @ b + beta out by MKL at ``fn`` (2-D) or ``batched`` (3-D stacks) (``one``: 1
     in the data's type; ``beta`` 0 or 1, out not read when 0) when BLAS can take
