@@ -93,7 +93,7 @@ def choose(c: int, o: int, h: int, w: int, phase: str = "forward", k: int = 3) -
       GEMM; F(4x4, 3x3) with OpenBLAS's products on one image at a time was 0.97-0.98x in
       its place). The weight gradient by F(4x4, 3x3): 1.042x whole steps at batch 8 (40
       pairs) and 1.006x at batch 32 (12 pairs). The input gradient by F(2x2, 3x3) with
-      MKL's products: inception 4a-4e's backward alone 1.04-1.11x :func:`forward_f4`'s,
+      MKL's products: inception 4a-4e's backward alone 1.05-1.11x :func:`forward_f4`'s,
       whole steps 1.007x at batch 8 (100 pairs) and 1.003x at batch 32 (25 pairs);
     * im2col + GEMM on smaller maps (GoogLeNet's 7x7: few tiles per chunk for all of U;
       0.6-0.7x) and few channels.
